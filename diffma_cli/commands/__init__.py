@@ -1,0 +1,23 @@
+"""Command definitions, one module per stage of the workflow; `cli.py` registers them in this order.
+
+Each module exposes plain functions whose Typer-annotated parameters are the command's options. Keep the
+module top level free of heavy imports (torch, SimpleITK, diffusers): import them inside the function.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+# (command name, "module:function"), in the order `diffma --help` lists them: the researcher's workflow.
+COMMANDS: list[tuple[str, str]] = [
+]
+
+
+def registered() -> list[tuple[str, Callable]]:
+    entries = []
+    for name, target in COMMANDS:
+        module_name, function_name = target.split(":")
+        module = importlib.import_module(f"diffma_cli.commands.{module_name}")
+        entries.append((name, getattr(module, function_name)))
+    return entries

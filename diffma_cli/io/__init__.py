@@ -1,0 +1,1 @@
+"""Reading and writing files: volumes (SimpleITK), weights, atomic outputs."""
