@@ -1,0 +1,258 @@
+"""SynthRAD2023-style case discovery and validation.
+
+Layout (docs/data.md, REFERENCE.md §3): `Task1/<anatomy>/<case id>/{ct,mr,mask}.<ext>` with `<ext>` one of
+`.nii.gz`, `.nii` or `.mha` (SynthRAD2025 moved to `.mha`). A case id is the task digit, the anatomy letter
+(B brain, P pelvis), the centre letter and three digits, e.g. `1BA001`; SynthRAD2025's region codes
+(`1HNA001`, `1THA001`, `1ABA001`) are accepted too. `overview/` folders, hidden entries and loose files are
+ignored.
+
+Public interface (used by `prepare`, `eval` and `convert`; kept stable):
+
+- `find_cases(src, anatomy=None) -> list[Case]`: every case under `src`, which may be the `Task1` folder,
+  one anatomy folder or a single case folder; sorted by (anatomy, id). Paths of absent files are `None`;
+  nothing is read. Raises `InputError` when `src` is missing or holds no case.
+- `Case(id, anatomy, folder, ct, mr, mask)`: a frozen dataclass; `Case.to_dict()` is JSON-able.
+- `check_case(case, needs=("ct", "mr", "mask")) -> list[str]`: problems found from the file headers only
+  (missing or unreadable file, geometry mismatch) -- cheap, so all cases are checked up front.
+- `load_case(case) -> (ct, mr, mask)` as `SimpleITK.Image`s after the full check (headers plus finite
+  values and a non-empty mask); raises `CaseError` (an `InputError`) whose message names the case.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from diffma_cli.errors import InputError
+
+MODALITIES = ("ct", "mr", "mask")
+# Looked for in this order; a case with the same modality in two formats is ambiguous (see check_case).
+CASE_FILE_SUFFIXES = (".nii.gz", ".nii", ".mha")
+IGNORED_FOLDERS = ("overview",)
+
+# SynthRAD2023: task digit, B|P, centre letter, 3 digits. SynthRAD2025: HN|TH|AB in place of B|P.
+CASE_ID = re.compile(r"^(?P<task>[12])(?P<region>B|P|HN|TH|AB)(?P<centre>[A-Z])(?P<number>\d{3})$")
+ANATOMY_OF_REGION = {"B": "brain", "P": "pelvis", "HN": "head-neck", "TH": "thorax", "AB": "abdomen"}
+# Geometry of the three volumes must agree to this tolerance (mm for spacing/origin, unitless direction):
+# SynthRAD's files share one grid exactly; the tolerance only absorbs float32 header rounding.
+GEOMETRY_TOLERANCE = 1e-3
+
+
+class CaseError(InputError):
+    """A case that cannot be used; the message starts with the case id."""
+
+    def __init__(self, case_id: str, problem: str, *, path: str | Path | None = None):
+        self.case_id = case_id
+        super().__init__(f"case {case_id}: {problem}", path=path)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One patient: its id, anatomy and the paths of its volumes (None where the file is absent)."""
+
+    id: str
+    anatomy: str
+    folder: Path
+    ct: Path | None
+    mr: Path | None
+    mask: Path | None
+
+    @property
+    def centre(self) -> str | None:
+        """Centre letter of a SynthRAD id (A, B, C, ...), None for ids of another form."""
+        match = CASE_ID.match(self.id)
+        return match["centre"] if match else None
+
+    def path(self, modality: str) -> Path | None:
+        return getattr(self, modality)
+
+    def to_dict(self) -> dict:
+        record = asdict(self)
+        return {key: (str(value) if isinstance(value, Path) else value) for key, value in record.items()}
+
+
+def _modality_files(folder: Path, modality: str) -> list[Path]:
+    return [folder / f"{modality}{suffix}" for suffix in CASE_FILE_SUFFIXES
+            if (folder / f"{modality}{suffix}").is_file()]
+
+
+def _is_case_folder(folder: Path) -> bool:
+    if not folder.is_dir() or folder.name.startswith(".") or folder.name.lower() in IGNORED_FOLDERS:
+        return False
+    return bool(CASE_ID.match(folder.name)) or any(_modality_files(folder, m) for m in MODALITIES)
+
+
+def _anatomy_of(folder: Path) -> str:
+    match = CASE_ID.match(folder.name)
+    if folder.parent.name.lower() in ANATOMY_OF_REGION.values():
+        return folder.parent.name.lower()
+    if match:
+        return ANATOMY_OF_REGION[match["region"]]
+    return folder.parent.name.lower()
+
+
+def _case(folder: Path) -> Case:
+    found = {m: _modality_files(folder, m) for m in MODALITIES}
+    return Case(id=folder.name, anatomy=_anatomy_of(folder), folder=folder,
+                **{m: (files[0] if files else None) for m, files in found.items()})
+
+
+def find_cases(src: str | Path, anatomy: str | None = None) -> list[Case]:
+    """All cases under `src` (Task1 folder, one anatomy folder, or one case folder), sorted by anatomy, id.
+
+    `anatomy` ("brain", "pelvis", ...) keeps only that anatomy. Nothing is read; absent files are None.
+    """
+    src = Path(src)
+    hint = "give the SynthRAD Task1 folder or one anatomy folder in it"
+    if not src.exists():
+        raise InputError("no such folder", path=src, hint=hint)
+    if not src.is_dir():
+        raise InputError("is not a folder", path=src, hint=hint)
+    if _is_case_folder(src):
+        folders = [src]
+    else:
+        folders = [child for child in sorted(src.iterdir()) if _is_case_folder(child)]
+        if not folders:  # a Task1 folder: one level more (brain/, pelvis/)
+            folders = [case for group in sorted(src.iterdir())
+                       if group.is_dir() and not group.name.startswith(".")
+                       and group.name.lower() not in IGNORED_FOLDERS
+                       for case in sorted(group.iterdir()) if _is_case_folder(case)]
+    cases = [_case(folder) for folder in folders]
+    if anatomy is not None:
+        found = sorted({case.anatomy for case in cases})
+        cases = [case for case in cases if case.anatomy == anatomy]
+        if not cases and found:
+            raise InputError(f"holds no {anatomy} case (found: {', '.join(found)})", path=src,
+                             hint="choose another --anatomy")
+    if not cases:
+        raise InputError("holds no case folder with ct/mr/mask volumes", path=src,
+                         hint="expected <anatomy>/<id>/{ct,mr,mask}.nii.gz or .mha, "
+                         "e.g. brain/1BA001/ct.nii.gz")
+    duplicates = sorted({case.id for case in cases if [c.id for c in cases].count(case.id) > 1})
+    if duplicates:
+        raise InputError(f"case id {duplicates[0]} appears in more than one folder", path=src,
+                         hint="case ids must be unique; give one anatomy folder")
+    return sorted(cases, key=lambda case: (case.anatomy, case.id))
+
+
+def _header(path: Path):
+    """Geometry of a volume file from its header only: (size, spacing, origin, direction, dimension)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return (reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(),
+            reader.GetDimension(), reader.GetNumberOfComponents())
+
+
+def _geometry_problem(name: str, reference: tuple, other: tuple, files: tuple[str, str]) -> str | None:
+    labels = ("size", "spacing", "origin", "direction")
+    for label, a, b in zip(labels, reference[:4], other[:4], strict=True):
+        same = a == b if label == "size" else all(
+            abs(x - y) <= GEOMETRY_TOLERANCE for x, y in zip(a, b, strict=True))
+        if not same:
+            fmt = (lambda v: "x".join(str(i) for i in v)) if label == "size" else (
+                lambda v: "(" + ", ".join(f"{i:g}" for i in v) + ")")
+            return f"{files[1]} {label} {fmt(b)} differs from {files[0]} {label} {fmt(a)}"
+    return None
+
+
+def check_case(case: Case, needs: tuple[str, ...] = MODALITIES) -> list[str]:
+    """Problems visible from the headers: absent, ambiguous or unreadable files and mismatched geometry."""
+    problems = []
+    headers = {}
+    for modality in needs:
+        files = _modality_files(case.folder, modality)
+        if not files:
+            problems.append(f"{modality} is missing (expected {modality}.nii.gz or {modality}.mha)")
+            continue
+        if len(files) > 1:
+            names = ", ".join(f.name for f in files)
+            problems.append(f"{modality} exists in two formats ({names}); keep one")
+            continue
+        try:
+            header = _header(files[0])
+        except RuntimeError:
+            problems.append(f"{files[0].name} cannot be read as an image")
+            continue
+        if header[4] != 3 or header[5] != 1:
+            problems.append(f"{files[0].name} is not a 3-D single-channel volume")
+            continue
+        headers[modality] = (header, files[0].name)
+    present = list(headers)
+    for modality in present[1:]:
+        problem = _geometry_problem(modality, headers[present[0]][0], headers[modality][0],
+                                    (headers[present[0]][1], headers[modality][1]))
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+# NIfTI-1/-2 float datatype codes -> numpy dtypes (nifti1.h: DT_FLOAT32 16, DT_FLOAT64 64).
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def _nifti_nonfinite_count(path: Path) -> int:
+    """Non-finite voxels of a float NIfTI file, read from the raw bytes.
+
+    ITK's NIfTI reader silently turns NaN into 0, so a NaN-damaged .nii(.gz) looks clean once read; the raw
+    voxel block (from `vox_offset`, header layout per nifti1.h / nifti2.h) still holds them. Integer files
+    cannot hold NaN and are not read again.
+    """
+    import gzip
+
+    import numpy as np
+
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return 0
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(path, "rb") as stream:
+        header = stream.read(540)
+        for order in ("<", ">"):
+            size = int(np.frombuffer(header[:4], f"{order}i4")[0])
+            if size == 348:  # NIfTI-1: datatype int16 @70, vox_offset float32 @108
+                datatype = int(np.frombuffer(header[70:72], f"{order}i2")[0])
+                offset = int(np.frombuffer(header[108:112], f"{order}f4")[0])
+                break
+            if size == 540:  # NIfTI-2: datatype int16 @12, vox_offset int64 @168
+                datatype = int(np.frombuffer(header[12:14], f"{order}i2")[0])
+                offset = int(np.frombuffer(header[168:176], f"{order}i8")[0])
+                break
+        else:
+            return 0
+        if datatype not in _NIFTI_FLOAT_TYPES:
+            return 0
+        dtype = np.dtype(f"{order}{_NIFTI_FLOAT_TYPES[datatype]}")
+        stream.seek(offset)
+        data = stream.read()
+    values = np.frombuffer(data[: len(data) - len(data) % dtype.itemsize], dtype)
+    return int(values.size - np.isfinite(values).sum())
+
+
+def load_case(case: Case, needs: tuple[str, ...] = MODALITIES) -> dict:
+    """Read and fully check a case: `{modality: SimpleITK.Image}`, or raise CaseError naming the problem."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    problems = check_case(case, needs)
+    if problems:
+        raise CaseError(case.id, problems[0], path=case.folder)
+    images = {}
+    for modality in needs:
+        path = case.path(modality)
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError:
+            raise CaseError(case.id, f"{path.name} cannot be read as an image", path=case.folder) from None
+        array = sitk.GetArrayViewFromImage(image)
+        bad = int(np.size(array) - np.isfinite(array).sum()) or _nifti_nonfinite_count(path)
+        if bad:
+            raise CaseError(case.id, f"{path.name} holds {bad} non-finite values (NaN or infinity)",
+                            path=case.folder)
+        if modality == "mask" and not array.any():
+            raise CaseError(case.id, f"{path.name} is empty (no body voxel)", path=case.folder)
+        images[modality] = image
+    return images
