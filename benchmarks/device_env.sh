@@ -1,0 +1,23 @@
+# Source this on a GPU machine without a package registry, from the repository root:
+#   source benchmarks/device_env.sh
+# It installs the wheels carried in .gpu/whl (diffusers, open_clip_torch, a mamba-ssm wheel built for the
+# card, ...) and .gpu-sitk (SimpleITK) into /tmp/site, and puts them and the project on PYTHONPATH.
+# Build the mamba-ssm wheel once with `pip wheel --no-build-isolation` from its sdist on a CUDA machine
+# (about 170 s for sm_90 alone); docs/benchmarks.md says how our numbers were made.
+for dir in .gpu/whl .gpu-sitk; do
+  if compgen -G "$dir/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$dir"/*.whl
+  fi
+done
+export PYTHONPATH=/tmp/site:$(pwd)${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+python3 - <<'PY'
+import torch
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+try:
+    import mamba_ssm  # noqa: F401
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # noqa: F401
+    print("mamba-ssm", mamba_ssm.__version__, "imports")
+except Exception as error:  # report, do not stop: our PyTorch scan still works
+    print("mamba-ssm unavailable:", error)
+PY
