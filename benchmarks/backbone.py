@@ -1,0 +1,170 @@
+"""Backbone throughput on one GPU: training steps and forward passes, ours and (optionally) the released code.
+
+Usage (on the GPU machine, after `source benchmarks/device_env.sh`):
+
+    python3 benchmarks/backbone.py                          # the issue-7 grid, prints one table
+    python3 benchmarks/backbone.py --models DiffMa-B/2 --batches 32 --modes train --dtypes bf16
+    python3 benchmarks/backbone.py --released PATH   # the authors' code beside ours
+
+Timing: CUDA events around each step after warm-up, median of `--repeat` steps; peak memory from
+torch.cuda.max_memory_allocated. A training step is forward + MSE loss + backward + AdamW step (lr 1e-4, the
+released optimiser), inputs drawn at random once per configuration (never zeros). `fp32` allows TF32 matrix
+units (as the released numbers in REFERENCE.md were taken); `bf16` is autocast with float32 weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+import torch
+
+GRID = {
+    "models": ["DiffMa-B/2", "DiT-B/2", "ZigMa-BL/2", "VMamba-BL/2"],
+    "batches": [8, 32, 64],
+    "resolutions": [224, 512],
+    "dtypes": ["fp32", "bf16"],
+    "modes": ["train", "forward"],
+}
+
+
+def make_inputs(model, batch: int, latent: int, device):
+    patch = model.config.get("patch_size", 2)
+    hidden = model.config.get("hidden_size", 512)
+    tokens = (latent // patch) ** 2
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, device=device, generator=generator)
+
+    x = randn(batch, 4, latent, latent)
+    t = torch.randint(0, 1000, (batch,), device=device, generator=generator)
+    return x, t, randn(batch, 512), randn(batch, tokens, hidden), torch.rand(batch, tokens, 1, device=device)
+
+
+def time_steps(step, warmup: int, repeat: int) -> list[float]:
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def benchmark(model, *, batch, latent, dtype, mode, warmup, repeat):
+    device = torch.device("cuda")
+    inputs = make_inputs(model, batch, latent, device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=(dtype == "bf16"))
+    if mode == "train":
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
+        target = torch.randn(batch, 8, latent, latent, device=device)
+
+        def step():
+            with autocast:
+                out = model(*inputs)
+            loss = torch.nn.functional.mse_loss(out.float(), target)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    else:
+        model.eval()
+
+        def step():
+            with torch.no_grad(), autocast:
+                model(*inputs)
+
+    torch.cuda.reset_peak_memory_stats()
+    times = time_steps(step, warmup, repeat)
+    ms = statistics.median(times)
+    return {"ms": ms, "img_per_s": batch / ms * 1e3, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "spread_ms": max(times) - min(times)}
+
+
+def build_ours(name: str, latent: int):
+    from diffma_cli.models import create_model
+
+    return create_model(name, input_size=latent)
+
+
+def build_released(path: str, name: str, latent: int):
+    """The authors' DiffMa from a checkout of their repository (never part of ours)."""
+    sys.path.insert(0, path)
+    import model as released  # noqa: PLC0415  (their model.py)
+
+    factory = {"DiffMa-B/2": "DiffMa_B_2", "DiT-B/2": "DiT_B_2"}[name]
+    net = getattr(released, factory)(input_size=latent)
+    net.config = {"patch_size": 2, "hidden_size": 512}
+    return net
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for key, default in GRID.items():
+        parser.add_argument(f"--{key}", default=",".join(map(str, default)))
+    parser.add_argument("--released", help="checkout of the released DiffMa code to time beside ours")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--json", help="write all rows to this file")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/backbone.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    card = torch.cuda.get_device_name(0)
+    rows = []
+    builders = [("ours", build_ours)]
+    if args.released:
+        builders.append(("released", lambda name, latent: build_released(args.released, name, latent)))
+    for code, build in builders:
+        for name in args.models.split(","):
+            for resolution in map(int, args.resolutions.split(",")):
+                latent = resolution // 8
+                try:
+                    model = build(name, latent).cuda()
+                except (KeyError, ValueError) as error:
+                    print(f"skip {code} {name}: {error}", file=sys.stderr)
+                    continue
+                params = sum(p.numel() for p in model.parameters()) / 1e6
+                for mode in args.modes.split(","):
+                    for dtype in args.dtypes.split(","):
+                        for batch in map(int, args.batches.split(",")):
+                            try:
+                                result = benchmark(model, batch=batch, latent=latent, dtype=dtype, mode=mode,
+                                                   warmup=args.warmup, repeat=args.repeat)
+                            except torch.cuda.OutOfMemoryError:
+                                result = {"ms": float("nan"), "img_per_s": float("nan"),
+                                          "peak_gib": float("nan"), "spread_ms": float("nan")}
+                                torch.cuda.empty_cache()
+                            rows.append({"code": code, "model": name, "params_m": round(params, 3),
+                                         "resolution": resolution, "mode": mode, "dtype": dtype,
+                                         "batch": batch, **result, "card": card})
+                            r = rows[-1]
+                            print(f"{code:8s} {name:12s} {resolution:4d} {mode:7s} {dtype:4s} b{batch:<3d} "
+                                  f"{r['ms']:8.2f} ms {r['img_per_s']:8.0f} img/s {r['peak_gib']:6.2f} GiB",
+                                  flush=True)
+                del model
+                torch.cuda.empty_cache()
+    print(f"\n| code | model | res | mode | dtype | batch | ms/step | img/s | peak GiB |   ({card})")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['code']} | {r['model']} | {r['resolution']} | {r['mode']} | {r['dtype']} | "
+              f"{r['batch']} | {r['ms']:.1f} | {r['img_per_s']:.0f} | {r['peak_gib']:.2f} |")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
