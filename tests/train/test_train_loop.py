@@ -1,0 +1,136 @@
+"""The shared training loop on a tiny stand-in task: learning, exact resume, DDP = single process."""
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch.utils.data import Dataset
+
+from diffma_cli.config import TrainingConfig
+from diffma_cli.errors import InputError
+from diffma_cli.train import run_log
+from diffma_cli.train.checkpoint import latest_checkpoint
+from diffma_cli.train.distributed import processes
+from diffma_cli.train.loop import fit
+
+
+class PairsDataset(Dataset):
+    """y = x @ w_true + 0.5 with fixed x: 24 samples of 6 features."""
+
+    def __init__(self):
+        generator = torch.Generator().manual_seed(123)
+        self.x = torch.randn(24, 6, generator=generator)
+        self.y = self.x @ torch.linspace(-1, 1, 6) + 0.5
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, index):
+        return {"x": self.x[index], "y": self.y[index]}
+
+
+class RegressionTask:
+    """A small MLP regressing y from x plus per-sample input noise (so the per-sample randomness is used)."""
+
+    find_unused_parameters = False
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.SiLU(), torch.nn.Linear(16, 1))
+        self.dataset = PairsDataset()
+
+    def loss(self, model, batch, randomness):
+        noisy = batch["x"] + 0.01 * randomness.randn(6)
+        return ((model(noisy).squeeze(-1) - batch["y"]) ** 2).mean()
+
+
+def settings(**changes):
+    values = dict(lr=3e-2, global_batch_size=8, epochs=3, ema_decay=0.5, checkpoint_every=100, log_every=1,
+                  seed=7, num_workers=0, precision="fp32")
+    values.update(changes)
+    return TrainingConfig(**values)
+
+
+def run(tmp_path, name, resume=False, **changes):
+    run_dir = tmp_path / name
+    run_dir.mkdir(exist_ok=True)
+    with processes("cpu") as where:
+        return fit(RegressionTask(), settings(**changes), run_dir, where, resume=resume, progress=False)
+
+
+def test_loss_falls_on_a_fixed_batch(tmp_path):
+    # One batch of 8 samples seen over and over: the loss must fall clearly.
+    result = run(tmp_path, "fixed", global_batch_size=24, epochs=1, steps=30)
+    assert len(result.losses) == 30
+    assert result.losses[-1] < 0.2 * result.losses[0]
+
+
+def test_resumed_run_repeats_the_uninterrupted_losses(tmp_path):
+    whole = run(tmp_path, "whole")  # 3 epochs x 3 steps = 9 steps
+    assert len(whole.losses) == 9
+    # Interrupted after 4 steps (mid-epoch), then resumed to the end.
+    first = run(tmp_path, "parts", steps=4, checkpoint_every=2)
+    assert latest_checkpoint(tmp_path / "parts").name == "step-0000004"
+    second = run(tmp_path, "parts", resume=True)
+    assert first.losses + second.losses == whole.losses  # bit-identical on the CPU
+    for a, b in zip(whole.ema.state_dict().values(), second.ema.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    logged = [record["loss"] for record in run_log.read_records(tmp_path / "parts")]
+    assert logged == whole.losses
+
+
+def test_resume_drops_log_lines_after_the_checkpoint(tmp_path):
+    run(tmp_path, "r", steps=5, checkpoint_every=3)  # checkpoints at 3 and 5
+    # Pretend the run died after step 5's log line but before its checkpoint.
+    (tmp_path / "r" / "checkpoints" / "step-0000005").rename(tmp_path / "r" / "gone")
+    resumed = run(tmp_path, "r", resume=True)
+    steps = [record["step"] for record in run_log.read_records(tmp_path / "r")]
+    assert steps == list(range(1, 10)) and len(resumed.losses) == 6
+
+
+def test_gradient_accumulation_gives_the_same_steps(tmp_path):
+    one = run(tmp_path, "one")
+    accumulated = run(tmp_path, "acc", grad_accumulation=4)
+    assert accumulated.losses == pytest.approx(one.losses, rel=1e-5)
+
+
+def test_bad_batch_settings_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="not divisible"):
+        run(tmp_path, "a", grad_accumulation=3)
+    with pytest.raises(InputError, match="fewer than one global batch"):
+        run(tmp_path, "b", global_batch_size=32)
+    with pytest.raises(InputError, match="no checkpoint"):
+        run(tmp_path, "c", resume=True)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, port, run_dir, out_dir):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    with processes("cpu") as where:
+        result = fit(RegressionTask(), settings(), run_dir, where, progress=False)
+    weights = {k: v.tolist() for k, v in result.ema.state_dict().items()}
+    (out_dir / f"rank{rank}.json").write_text(json.dumps({"losses": result.losses, "ema": weights}))
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    single = run(tmp_path, "single")
+    (tmp_path / "ddp").mkdir()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), tmp_path / "ddp", tmp_path), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["losses"] == ranks[1]["losses"]  # every rank logs the global mean
+    assert ranks[0]["losses"] == pytest.approx(single.losses, rel=1e-5)
+    for name, value in single.ema.state_dict().items():
+        assert torch.tensor(ranks[0]["ema"][name]) == pytest.approx(value, abs=1e-5)
+    # Only rank 0 wrote the log and the checkpoints.
+    assert len(run_log.read_records(tmp_path / "ddp")) == 9
+    assert latest_checkpoint(tmp_path / "ddp").name == "step-0000009"
