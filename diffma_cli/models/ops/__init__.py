@@ -1,0 +1,1 @@
+"""Operators: the selective scan and its backends."""

@@ -1,0 +1,204 @@
+"""The selective scan (Mamba's S6 recurrence) behind one function with interchangeable backends.
+
+Semantics are mamba-ssm's `selective_scan_fn` / `selective_scan_ref` (channel-first layout):
+
+    u, delta, z  (batch, Di, L)      A  (Di, N)      B, C  (batch, N, L)      D, delta_bias  (Di,)
+
+    delta <- softplus(delta + delta_bias)            (each step optional)
+    h_t    = exp(delta_t · A) ⊙ h_{t−1} + delta_t · B_t · u_t        h (batch, Di, N), h_{−1} = 0
+    y_t    = Σ_N h_t · C_t  (+ D · u_t)  (· SiLU(z_t))               -> (batch, Di, L), dtype of u
+
+Backends:
+- ``"mamba_ssm"``: mamba-ssm's fused CUDA kernel; imported lazily, CUDA tensors only.
+- ``"torch"``: `selective_scan_blocked`, our faster PyTorch implementation (any device).
+- ``"reference"``: `selective_scan_ref`, a plain step loop, the readable definition used by tests.
+- ``"auto"`` (default): mamba_ssm when it imports and the tensors are on CUDA, else torch.
+
+Force one with the `backend=` argument or, for a whole model, the `scan_backend(name)` context manager.
+Computation is in float32 (float64 when u is float64), like mamba-ssm, whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from diffma_cli.errors import EnvironmentProblem
+
+BACKENDS = ("auto", "mamba_ssm", "torch", "reference")
+
+_forced_backend: str | None = None
+_mamba_ssm_fn: Callable | None = None
+_mamba_ssm_error: str | None = None
+_mamba_ssm_tried = False
+
+
+def _compute_dtype(u: torch.Tensor) -> torch.dtype:
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _discretised_inputs(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+) -> tuple[torch.Tensor, ...]:
+    """Cast to the compute dtype and apply the optional delta bias and softplus."""
+    dtype = _compute_dtype(u)
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return u, delta, A, B, C
+
+
+def _check_shapes(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor):
+    batch, dim, length = u.shape
+    state = A.shape[1]
+    if delta.shape != u.shape or A.shape != (dim, state):
+        raise ValueError(
+            f"selective_scan: u {tuple(u.shape)}, delta {tuple(delta.shape)}, A {tuple(A.shape)} do not agree"
+        )
+    for name, t in (("B", B), ("C", C)):
+        if t.shape != (batch, state, length):
+            raise ValueError(f"selective_scan: {name} must be (batch, N, L) = {(batch, state, length)}, "
+                             f"got {tuple(t.shape)}")
+
+
+def _finish(y, u, D, z, dtype_in):
+    """y (batch, Di, L) in compute dtype -> + D·u, · SiLU(z), cast back to the input dtype."""
+    if D is not None:
+        y = y + u * D.to(y.dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y.to(dtype_in)
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The recurrence exactly as written in the module docstring, one time step per iteration."""
+    _check_shapes(u, delta, A, B, C)
+    dtype_in = u.dtype
+    u, delta, A, B, C = _discretised_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
+    batch, dim, length = u.shape
+    h = u.new_zeros(batch, dim, A.shape[1])
+    ys = []
+    for t in range(length):
+        decay = torch.exp(delta[:, :, t, None] * A)  # (batch, Di, N)
+        drive = delta[:, :, t, None] * B[:, None, :, t] * u[:, :, t, None]  # (batch, Di, N)
+        h = decay * h + drive
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
+    return _finish(torch.stack(ys, dim=2), u, D, z, dtype_in)
+
+
+#: Elements of one (batch, Di, K, N) block that `selective_scan_blocked` aims for: 2^18 float32 = 1 MiB,
+#: small enough to stay in a CPU's L2/L3 cache (measured in benchmarks/selective_scan_cpu.py).
+BLOCK_ELEMENTS = 2**18
+#: Longest block: beyond this, longer blocks stopped helping on small problems.
+MAX_BLOCK_STEPS = 64
+
+
+def selective_scan_blocked(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, block_steps: int | None = None
+):
+    """Our PyTorch scan (CPU, or a GPU without mamba-ssm): same result as `selective_scan_ref`.
+
+    The recurrence is sequential in L. What costs on a CPU is the number of kernel launches per step
+    and memory traffic, not arithmetic: a parallel (Blelloch / chunked-cumsum) scan makes several passes
+    over (batch, Di, L, N) tensors that do not fit in cache and was 3-10x slower than a step loop here.
+    So we keep the step loop but cut its work per step to one fused `addcmul`: time is split into blocks
+    of K steps; per block, the decays exp(delta·A), the drives delta·B·u and the read-out Σ_N h·C are
+    computed vectorised over the K steps, with K chosen so a block's (batch, Di, K, N) tensors stay
+    around BLOCK_ELEMENTS (cache-sized). `block_steps` overrides K (tests, benchmarks).
+    """
+    _check_shapes(u, delta, A, B, C)
+    dtype_in = u.dtype
+    u, delta, A, B, C = _discretised_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
+    batch, dim, length = u.shape
+    state = A.shape[1]
+    if block_steps is None:
+        per_step = batch * dim * state
+        block_steps = 2 ** max(0, math.floor(math.log2(max(1, BLOCK_ELEMENTS // per_step))))
+        block_steps = min(block_steps, MAX_BLOCK_STEPS)
+    delta_u = delta * u
+    h = u.new_zeros(batch, dim, state)
+    ys = []
+    for start in range(0, length, block_steps):
+        stop = min(length, start + block_steps)
+        decay = torch.exp(delta[:, :, start:stop, None] * A[:, None])  # (batch, Di, K, N)
+        b_block = B[:, None, :, start:stop].transpose(2, 3)  # (batch, 1, K, N)
+        drive = delta_u[:, :, start:stop, None] * b_block  # (batch, Di, K, N)
+        states = []
+        for step in range(stop - start):
+            h = torch.addcmul(drive[:, :, step], decay[:, :, step], h)  # h_t = a_t ⊙ h_{t−1} + b_t
+            states.append(h)
+        ys.append(torch.einsum("bdkn,bnk->bdk", torch.stack(states, dim=2), C[:, :, start:stop]))
+    return _finish(torch.cat(ys, dim=2), u, D, z, dtype_in)
+
+
+def mamba_ssm_scan_fn() -> Callable | None:
+    """mamba-ssm's `selective_scan_fn`, or None when it cannot be imported (no CUDA build, no package).
+
+    Imported on first use only, so importing diffma never needs mamba-ssm; the result is cached.
+    """
+    global _mamba_ssm_fn, _mamba_ssm_error, _mamba_ssm_tried
+    if not _mamba_ssm_tried:
+        _mamba_ssm_tried = True
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        except Exception as error:  # ImportError, or OSError/RuntimeError from a broken CUDA extension
+            _mamba_ssm_error = f"{type(error).__name__}: {error}"
+        else:
+            _mamba_ssm_fn = selective_scan_fn
+    return _mamba_ssm_fn
+
+
+def resolve_backend(backend: str | None, u: torch.Tensor) -> str:
+    """The concrete backend ("mamba_ssm", "torch" or "reference") a call with tensor u will use."""
+    name = backend or _forced_backend or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown selective-scan backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        return "mamba_ssm" if u.is_cuda and mamba_ssm_scan_fn() is not None else "torch"
+    if name == "mamba_ssm":
+        if mamba_ssm_scan_fn() is None:
+            raise EnvironmentProblem(
+                "the mamba_ssm selective-scan backend was requested but cannot be imported "
+                f"({_mamba_ssm_error})",
+                hint="install mamba-ssm built for this CUDA, or use the 'torch' backend",
+            )
+        if not u.is_cuda:
+            raise EnvironmentProblem("the mamba_ssm selective-scan backend needs CUDA tensors",
+                                     hint="move the model to a GPU or use the 'torch' backend")
+    return name
+
+
+@contextlib.contextmanager
+def scan_backend(name: str) -> Iterator[None]:
+    """Use backend `name` for every `selective_scan` call without an explicit backend inside the block."""
+    global _forced_backend
+    if name not in BACKENDS:
+        raise ValueError(f"unknown selective-scan backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    previous, _forced_backend = _forced_backend, name
+    try:
+        yield
+    finally:
+        _forced_backend = previous
+
+
+def selective_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend: str | None = None
+):
+    """The selective scan (see module docstring) on the chosen backend; returns (batch, Di, L)."""
+    name = resolve_backend(backend, u)
+    if name == "mamba_ssm":
+        return mamba_ssm_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    scan = selective_scan_blocked if name == "torch" else selective_scan_ref
+    return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
