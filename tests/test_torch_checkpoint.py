@@ -1,0 +1,299 @@
+"""Restricted reading of torch.save files: same tensors as torch.load, options kept, code never run."""
+
+import argparse
+import io
+import os
+import pickle
+import sys
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffma_cli.errors import InputError, UnsafeFileError
+from diffma_cli.io.torch_checkpoint import (
+    InertObject,
+    StoredTensor,
+    load_tensors,
+    plain_data,
+    read_torch_checkpoint,
+)
+
+RELEASED_EMBEDDERS = Path(__file__).parent / "data" / "released-embedder"
+if not RELEASED_EMBEDDERS.is_dir():  # until the files are copied into the repository
+    RELEASED_EMBEDDERS = Path(__file__).parents[2] / "shared" / "weights" / "released-embedder"
+
+
+@pytest.mark.parametrize("name", ["brain_patch_size_2.pt", "pelvis_patch_size_2.pt"])
+def test_released_embedder_checkpoints_read_like_torch_load(name):
+    path = RELEASED_EMBEDDERS / name
+    content = read_torch_checkpoint(path)
+    # Independent reference: torch's own weights-only loader, told that Namespace is harmless.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        reference = torch.load(path, map_location="cpu", weights_only=True)
+    assert set(content) == {"model", "ema", "opt", "args"}
+    for which in ("model", "ema"):
+        ours = load_tensors(content[which])
+        assert list(ours) == list(reference[which])
+        for key, tensor in reference[which].items():
+            assert ours[key].dtype == tensor.dtype and torch.equal(ours[key], tensor), key
+    assert plain_data(content["args"]) == vars(reference["args"])
+    assert plain_data(content["opt"])["param_groups"][0]["lr"] == reference["opt"]["param_groups"][0]["lr"]
+
+
+def test_dtypes_views_and_shared_storages_match_torch_load(tmp_path):
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    saved = {
+        "float64": torch.randn(3, 2, dtype=torch.float64),
+        "bfloat16": torch.randn(5, dtype=torch.bfloat16),
+        "half": torch.randn(2, 2, dtype=torch.float16),
+        "int64": torch.arange(7),
+        "bool": torch.tensor([True, False, True]),
+        "transposed_view": base.t(),  # non-contiguous strides
+        "row_view": base[2],  # offset into a shared storage
+        "base": base,
+        "scalar": torch.tensor(3.5),
+        "empty": torch.empty(0, 4),
+        "nested": [torch.ones(2), {"deep": (torch.zeros(1), 3, "text")}],
+    }
+    path = tmp_path / "many.pt"
+    torch.save(saved, path)
+    ours = load_tensors(read_torch_checkpoint(path))
+    reference = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("float64", "bfloat16", "half", "int64", "bool", "transposed_view", "row_view", "base",
+                "scalar", "empty"):
+        assert ours[key].dtype == reference[key].dtype and ours[key].shape == reference[key].shape, key
+        assert torch.equal(ours[key], reference[key]), key
+    assert torch.equal(ours["nested"][1]["deep"][0], torch.zeros(1))
+    assert ours["nested"][1]["deep"][1:] == (3, "text")
+
+
+def test_tensors_are_read_only_when_asked(tmp_path):
+    path = tmp_path / "lazy.pt"
+    torch.save({"weight": torch.ones(3, 4)}, path)
+    stored = read_torch_checkpoint(path)["weight"]
+    assert isinstance(stored, StoredTensor) and stored.shape == (3, 4) and stored.numel() == 12
+    assert stored.dtype == torch.float32
+    assert torch.equal(stored.load(), torch.ones(3, 4))
+
+
+class _RunsCommand:
+    """A pickle payload: unpickling it would call os.system(command)."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+class _EvaluatesCode:
+    """A payload through a builtin: unpickling it would eval() code that creates a file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return eval, (f"__import__('pathlib').Path({str(self.path)!r}).touch()",)
+
+
+@pytest.mark.parametrize("where", ["args", "inside_state_dict", "top_level"])
+def test_malicious_checkpoint_is_refused_and_its_payload_never_runs(tmp_path, where):
+    marker = tmp_path / "payload-ran"
+    payload = _RunsCommand(f"touch {marker}")
+    state = OrderedDict(weight=torch.ones(2))
+    content = {"model": state, "ema": state, "opt": {}, "args": argparse.Namespace(epochs=1)}
+    if where == "args":
+        content["args"] = payload
+    elif where == "inside_state_dict":
+        content["ema"] = OrderedDict(weight=torch.ones(2), evil=payload)
+    else:
+        content = payload
+    path = tmp_path / "evil.pt"
+    torch.save(content, path)
+    with pytest.raises(UnsafeFileError) as refused:
+        read_torch_checkpoint(path)
+    message = str(refused.value)
+    assert str(path) in message and "system" in message  # os.system pickles as posix.system
+    assert refused.value.exit_code == 2
+    assert not marker.exists()
+    # Control: the payload is real, an unrestricted unpickle runs it.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_builtin_payload_is_refused(tmp_path):
+    marker = tmp_path / "created-by-eval"
+    path = tmp_path / "evil-eval.pt"
+    torch.save({"model": {}, "args": _EvaluatesCode(marker)}, path)
+    with pytest.raises(UnsafeFileError, match="builtins.eval"):
+        read_torch_checkpoint(path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def _write_fake_omegaconf(root: Path) -> None:
+    """A package `omegaconf` whose classes pickle their state the way OmegaConf 2.x does.
+
+    DictConfig/ListConfig pickle their __dict__ (`_metadata`, `_parent`, `_content`), leaf nodes keep the
+    value in `_val`, metadata are dataclasses holding typing.Any, dict and a defaultdict. Only the layout
+    matters: the reader must never import this package.
+    """
+    package = root / "omegaconf"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "base.py").write_text(
+        "import collections, dataclasses, typing\n"
+        "@dataclasses.dataclass\n"
+        "class Metadata:\n"
+        "    ref_type: object = typing.Any\n"
+        "    object_type: object = None\n"
+        "    optional: bool = True\n"
+        "    key: object = None\n"
+        "    flags: dict = dataclasses.field(default_factory=dict)\n"
+        "    resolver_cache: object = dataclasses.field(\n"
+        "        default_factory=lambda: collections.defaultdict(dict))\n"
+        "@dataclasses.dataclass\n"
+        "class ContainerMetadata(Metadata):\n"
+        "    key_type: object = typing.Any\n"
+        "    element_type: object = typing.Any\n"
+        "class Node:\n"
+        "    def __getstate__(self):\n"
+        "        state = dict(self.__dict__)\n"
+        "        state.pop('_flags_cache', None)\n"
+        "        return state\n"
+    )
+    (package / "nodes.py").write_text(
+        "from omegaconf.base import Metadata, Node\n"
+        "class AnyNode(Node):\n"
+        "    def __init__(self, value, key, parent):\n"
+        "        self.__dict__.update(_val=value, _metadata=Metadata(key=key), _parent=parent,\n"
+        "                             _flags_cache=None)\n"
+    )
+    (package / "dictconfig.py").write_text(
+        "from omegaconf.base import ContainerMetadata, Node\n"
+        "from omegaconf.nodes import AnyNode\n"
+        "from omegaconf.listconfig import ListConfig\n"
+        "def wrap(value, key, parent):\n"
+        "    if isinstance(value, dict):\n"
+        "        return DictConfig(value, key, parent)\n"
+        "    if isinstance(value, list):\n"
+        "        return ListConfig(value, key, parent, wrap)\n"
+        "    return AnyNode(value, key, parent)\n"
+        "class DictConfig(Node):\n"
+        "    def __init__(self, content, key=None, parent=None):\n"
+        "        self.__dict__.update(_metadata=ContainerMetadata(key=key, object_type=dict),\n"
+        "                             _parent=parent, _flags_cache=None)\n"
+        "        self.__dict__['_content'] = {k: wrap(v, k, self) for k, v in content.items()}\n"
+    )
+    (package / "listconfig.py").write_text(
+        "from omegaconf.base import ContainerMetadata, Node\n"
+        "class ListConfig(Node):\n"
+        "    def __init__(self, content, key, parent, wrap):\n"
+        "        self.__dict__.update(_metadata=ContainerMetadata(key=key, object_type=list),\n"
+        "                             _parent=parent, _flags_cache=None)\n"
+        "        self.__dict__['_content'] = [wrap(v, i, self) for i, v in enumerate(content)]\n"
+    )
+
+
+def test_dictconfig_args_become_plain_options_without_importing_omegaconf(tmp_path, monkeypatch):
+    _write_fake_omegaconf(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from omegaconf.dictconfig import DictConfig
+
+    options = {"model": "DiffMa-L/2", "image_size": 224, "lr": 1e-4, "wandb": False, "ckpt": None,
+               "betas": [0.9, 0.999], "nested": {"vae": "ema", "steps": [250, 10]}}
+    path = tmp_path / "diffusion.pt"
+    torch.save({"model": {"w": torch.ones(1)}, "ema": {"w": torch.ones(1)}, "opt": {},
+                "args": DictConfig(options)}, path)
+    for name in [module for module in sys.modules if module.split(".")[0] == "omegaconf"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry != str(tmp_path)])
+
+    content = read_torch_checkpoint(path)
+    assert isinstance(content["args"], InertObject)
+    assert content["args"].qualname == "omegaconf.dictconfig.DictConfig"
+    assert plain_data(content["args"]) == options
+    assert not any(module.split(".")[0] == "omegaconf" for module in sys.modules)
+
+
+def test_truncated_checkpoint_is_an_input_error(tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save({"model": {"w": torch.randn(64, 64)}}, path)
+    data = path.read_bytes()
+    for cut in (len(data) // 2, len(data) - 30):
+        truncated = tmp_path / f"cut-{cut}.pt"
+        truncated.write_bytes(data[:cut])
+        with pytest.raises(InputError, match="truncated|damaged|not a readable"):
+            load_tensors(read_torch_checkpoint(truncated))
+
+
+def test_legacy_format_is_refused_clearly(tmp_path):
+    path = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(InputError, match="legacy"):
+        read_torch_checkpoint(path)
+
+
+def test_other_files_are_refused(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(InputError, match="not a PyTorch checkpoint"):
+        read_torch_checkpoint(text)
+    with pytest.raises(InputError, match="no such file"):
+        read_torch_checkpoint(tmp_path / "missing.pt")
+    archive = tmp_path / "other.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("readme.txt", "hello")
+    with pytest.raises(InputError, match="no <name>/data.pkl"):
+        read_torch_checkpoint(archive)
+
+
+def _torch_like_archive(path: Path, payload: bytes, storages: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(path, "w") as handle:
+        handle.writestr("archive/data.pkl", payload)
+        for key, data in storages.items():
+            handle.writestr(f"archive/data/{key}", data)
+
+
+class _StorageMarker:
+    pass
+
+
+class _TensorRecord:
+    """Pickles like a torch tensor record, with a shape chosen by the test."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor_v2, (_StorageMarker(), 0, self.shape, (1,), False, OrderedDict())
+
+
+def _pickle_with_storage(obj, numel: int) -> bytes:
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=2)
+    pickler.persistent_id = lambda item: (
+        ("storage", torch.FloatStorage, "0", "cpu", numel) if isinstance(item, _StorageMarker) else None)
+    pickler.dump(obj)
+    return buffer.getvalue()
+
+
+def test_tensor_reaching_outside_its_storage_is_refused(tmp_path):
+    path = tmp_path / "overrun.pt"
+    _torch_like_archive(path, _pickle_with_storage({"w": _TensorRecord((1000,))}, numel=4), {"0": bytes(16)})
+    with pytest.raises(InputError, match="outside"):
+        read_torch_checkpoint(path)
+    good = tmp_path / "fits.pt"
+    _torch_like_archive(good, _pickle_with_storage({"w": _TensorRecord((4,))}, numel=4), {"0": bytes(16)})
+    assert torch.equal(load_tensors(read_torch_checkpoint(good))["w"], torch.zeros(4))
+
+
+def test_storage_shorter_than_announced_is_refused(tmp_path):
+    path = tmp_path / "short.pt"
+    _torch_like_archive(path, _pickle_with_storage({"w": _TensorRecord((4,))}, numel=4), {"0": bytes(8)})
+    with pytest.raises(InputError, match="shorter"):
+        read_torch_checkpoint(path)
