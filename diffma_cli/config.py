@@ -39,11 +39,15 @@ class DataConfig:
 
 @dataclass
 class EncodersConfig:
-    """The frozen encoders: hub ids, local folders or weights files (see docs/encoders.md)."""
+    """The frozen encoders: hub ids, local folders or weights files (see docs/encoders.md).
+
+    `latent_scale` None uses the VAE's own `scaling_factor` (0.18215 for the SD VAE; `diffma train-vae`
+    measures and stores it for its VAEs); a number overrides it.
+    """
 
     vae: str = "stabilityai/sd-vae-ft-ema"
     clip: str = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
-    latent_scale: float = 0.18215
+    latent_scale: float | None = None
     offline: bool = False
 
 

@@ -31,7 +31,7 @@ def test_builtin_recipes_hold_the_paper_and_released_values():
         assert recipe.training.epochs == 50 and recipe.training.ema_decay == 0.9999
         assert recipe.embedder.tau == 0.07 and recipe.embedder.training.ema_decay == 0.9999
         assert recipe.embedder.training.global_batch_size == 32 and recipe.embedder.training.epochs == 100
-        assert recipe.encoders.latent_scale == 0.18215 and recipe.diffusion.num_timesteps == 1000
+        assert recipe.encoders.latent_scale is None and recipe.diffusion.num_timesteps == 1000
     assert brain.training.global_batch_size == 8 and pelvis.training.global_batch_size == 1
     # Every key of the dataclasses is written out in the shipped files (nothing silently defaulted).
     for name in ("brain", "pelvis"):
