@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 # (command name, "module:function"), in the order `diffma --help` lists them: the researcher's workflow.
 COMMANDS: list[tuple[str, str]] = [
+    ("eval", "evaluate:evaluate"),
 ]
 
 

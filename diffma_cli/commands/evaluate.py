@@ -1,0 +1,75 @@
+"""`diffma eval`: score predicted volumes against references (library: diffma_cli.evaluation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def evaluate(
+    prediction: Path = typer.Argument(..., help="A predicted volume (with --target), or a folder of "
+                                      "predictions named <case>.nii.gz or <case>/mr.nii.gz (any volume "
+                                      "suffix)."),
+    data_src: Path | None = typer.Argument(None, help="Folder mode: the SynthRAD Task1 (or anatomy) folder "
+                                           "holding the references and masks."),
+    target: Path | None = typer.Option(None, "--target", help="One case: the reference volume."),
+    mask: Path | None = typer.Option(None, "--mask", help="One case: the body mask (voxels > 0 inside)."),
+    ct: Path | None = typer.Option(None, "--ct", help="One case: the model input (the CT for CT->MR), shown "
+                                   "in the report."),
+    modality: str = typer.Option("mr", "--modality", help="What was predicted: mr (scored on prepare's "
+                                 "normalised scale [-1, 1]) or ct (in HU, range [-1024, 3000])."),
+    protocol: str = typer.Option("both", "--protocol", help="synthrad (masked 3-D MAE/PSNR/SSIM), paper "
+                                 "(per-slice 8-bit SSIM %/PSNR/MSE) or both. Consistency measures always."),
+    output: Path | None = typer.Option(None, "-o", "--output",
+                                       help="metrics.json to write (a .csv beside it)."),
+    report: Path | None = typer.Option(None, "--report", help="Folder for PNG montages and index.html."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+) -> None:
+    """Score predictions: SynthRAD2023 metrics, the paper's slice metrics and slice-to-slice consistency.
+
+    One case:  diffma eval mri.nii.gz --target 1BA001/mr.nii.gz --mask 1BA001/mask.nii.gz -o metrics.json
+
+    Folder:    diffma eval predictions/ Task1/brain -o metrics.json --report report/
+    """
+    from diffma_cli.errors import InputError
+    from diffma_cli.evaluation.evaluate import check_protocol, evaluate_cases
+    from diffma_cli.evaluation.pairing import INPUT_MODALITY, CasePaths, case_id_of, pair_folder
+    from diffma_cli.evaluation.results import check_result_outputs, write_results
+    from diffma_cli.evaluation.scales import metric_range
+    from diffma_cli.io.atomic import check_output
+
+    metric_range(modality)
+    check_protocol(protocol)
+    if target is not None:
+        if data_src is not None:
+            raise InputError("give either --target (one case) or DATA_SRC (folder mode), not both")
+        if mask is None:
+            raise InputError("--target needs --mask (the body mask of the reference)")
+        pairs = [CasePaths(case_id_of(prediction), prediction, target, mask, ct)]
+    else:
+        if data_src is None:
+            raise InputError("missing DATA_SRC (folder mode) or --target/--mask (one case)",
+                             hint="see diffma eval --help")
+        if mask is not None or ct is not None:
+            raise InputError("--mask and --ct are for one case (with --target); folder mode takes them from "
+                             f"DATA_SRC (<case>/mask.nii.gz, <case>/{INPUT_MODALITY[modality]}.nii.gz)")
+        pairs = pair_folder(prediction, data_src, modality)
+    if output is not None:
+        check_result_outputs(output, overwrite)
+    if report is not None:
+        check_output(report, overwrite)
+
+    results = evaluate_cases(pairs, modality=modality, protocol=protocol, report=report, overwrite=overwrite)
+    if output is not None:
+        write_results(results, output, overwrite=overwrite)
+    for key, stats in results["summary"].items():
+        if key == "paper_pooled":
+            shown = ", ".join(f"{name} {value:.4g}" for name, value in stats.items())
+            typer.echo(f"{key:16s} {shown}")
+        elif stats["mean"] is not None:
+            spread = f" ± {stats['std']:.4g}" if stats["std"] is not None else ""
+            typer.echo(f"{key:16s} {stats['mean']:.4g}{spread} (n={stats['n']})")
+    typer.echo(f"scored {len(pairs)} case(s)"
+               + (f"; wrote {output} and {output.with_suffix('.csv')}" if output else "")
+               + (f"; report {report / 'index.html'}" if report else ""))

@@ -1,0 +1,94 @@
+"""Score predictions: one function per use, all returning plain, JSON-able result records.
+
+- `evaluate_arrays`: arrays already on the metric scale -> {metric: value} (no I/O; for benchmarks).
+- `evaluate_case`: one `CasePaths` -> {"case": id, "prediction": path, ..., metric: value}.
+- `evaluate_cases`: many cases with a progress bar and an optional visual report ->
+  {"modality", "protocol", "scale", "cases": [...], "summary": {...}} (the content of metrics.json).
+
+Metric keys (docs/metrics.md, docs/consistency.md): synthrad `mae`, `psnr`, `ssim`; paper `paper_ssim` (%),
+`paper_psnr`, `paper_mse`, `paper_slices`; consistency (always) `sagittal_ssim`, `sagittal_psnr`,
+`coronal_ssim`, `coronal_psnr`, `roughness_ratio`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from diffma_cli.errors import InputError
+from diffma_cli.evaluation.consistency import consistency_metrics
+from diffma_cli.evaluation.metrics import paper_metrics, synthrad_metrics
+from diffma_cli.evaluation.pairing import CasePaths, check_pairs, load_case_volumes
+from diffma_cli.evaluation.results import summarise
+from diffma_cli.evaluation.scales import metric_range
+
+PROTOCOLS = ("synthrad", "paper", "both")
+
+
+def check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise InputError(f"unknown protocol {protocol!r}", hint=f"use one of {', '.join(PROTOCOLS)}")
+
+
+def evaluate_arrays(prediction: np.ndarray, reference: np.ndarray, mask: np.ndarray, *, modality: str = "mr",
+                    protocol: str = "both") -> dict[str, float]:
+    """Metrics of one volume pair (z, y, x) already on the metric scale of `modality` (HU for CT, prepare's
+    normalised [-1, 1] for MR); `mask` non-zero inside the body. Consistency measures are always included."""
+    check_protocol(protocol)
+    scale = metric_range(modality)
+    result: dict[str, float] = {}
+    if protocol in ("synthrad", "both"):
+        result.update(synthrad_metrics(prediction, reference, mask, scale))
+    if protocol in ("paper", "both"):
+        result.update(paper_metrics(prediction, reference, mask, scale))
+    result.update(consistency_metrics(prediction, reference, mask, scale))
+    return result
+
+
+def evaluate_case(paths: CasePaths, *, modality: str = "mr", protocol: str = "both",
+                  report_folder: Path | None = None) -> dict:
+    """Read, check and score one case; with `report_folder`, also write its montages there."""
+    volumes = load_case_volumes(paths, modality)
+    record = {"case": paths.case, "prediction": str(paths.prediction), "reference": str(paths.reference),
+              "mask": str(paths.mask)}
+    record.update(evaluate_arrays(volumes.prediction, volumes.reference, volumes.mask, modality=modality,
+                                  protocol=protocol))
+    if report_folder is not None:
+        from diffma_cli.evaluation.report import write_case_montages
+
+        write_case_montages(report_folder, volumes, metric_range(modality), modality)
+    return record
+
+
+def evaluate_cases(pairs: Sequence[CasePaths], *, modality: str = "mr", protocol: str = "both",
+                   report: str | Path | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+    """Check all cases from their headers (`check_pairs`), score each (tqdm progress bar) and summarise;
+    `report` is a folder for montages and index.html, written atomically (refused if it exists, unless
+    `overwrite`)."""
+    from tqdm import tqdm
+
+    check_protocol(protocol)
+    check_pairs(list(pairs))
+    scale = metric_range(modality)
+    header = {"modality": modality, "protocol": protocol, "scale": {"low": scale.low, "high": scale.high}}
+
+    def run(report_folder: Path | None) -> dict:
+        # A context manager, so that an error mid-way ends the bar's line before the message.
+        with tqdm(pairs, desc="eval", unit="case", disable=not progress) as bar:
+            records = [evaluate_case(pair, modality=modality, protocol=protocol, report_folder=report_folder)
+                       for pair in bar]
+        results = {**header, "cases": records, "summary": summarise(records)}
+        if report_folder is not None:
+            from diffma_cli.evaluation.report import write_index
+
+            write_index(report_folder, results)
+        return results
+
+    if report is None:
+        return run(None)
+    from diffma_cli.io.atomic import atomic_dir
+
+    with atomic_dir(report, overwrite=overwrite) as folder:
+        return run(folder)
