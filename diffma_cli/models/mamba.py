@@ -1,0 +1,138 @@
+"""The Mamba mixer (Gu & Dao, 2023) reading a token grid in several orders with shared weights.
+
+One mixer = Mamba's selective SSM layer (`in_proj`, causal depthwise `conv1d`, `x_proj`, `dt_proj`,
+`A_log`, `D`, `out_proj`; names and shapes as mamba-ssm / the released DiffMa code). What the vision models
+add is the multi-order read: the tokens are read in K orders (DiffMa: raster, forward spiral, reverse
+spiral), each sequence goes through conv → selective scan → gate with the SAME weights, and each output is
+put back at its tokens' positions; the K outputs are summed (DiffMa, VMamba, EMamba) or averaged (ViM).
+
+All K sequences go through the convolution and the scan as ONE call, stacked on the batch dimension
+(N·K sequences), instead of K calls. The order indices are non-persistent buffers: they move to the
+model's device with it, and the state dict keeps exactly the released keys.
+
+Notation (paper / mamba-ssm): D model width, Di = expand·D inner width, N = d_state, R = dt_rank,
+L tokens per sequence, T tokens of the grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffma_cli.models.ops.selective_scan import selective_scan
+
+#: Mixer defaults of the released code (mamba-ssm's `Mamba` defaults; `block/mamba_block.py`).
+D_STATE, D_CONV, EXPAND = 16, 4, 2
+#: Range of the initial step size delta (mamba-ssm defaults): softplus(dt bias) ∈ [DT_MIN, DT_MAX].
+DT_MIN, DT_MAX, DT_INIT_FLOOR = 1e-3, 1e-1, 1e-4
+MERGES = ("sum", "mean")
+
+
+def default_dt_rank(d_model: int) -> int:
+    """mamba-ssm's "auto" rank of the step-size projection: ceil(D / 16) (32 for D = 512)."""
+    return math.ceil(d_model / 16)
+
+
+class MultiOrderMamba(nn.Module):
+    """Tokens (N, T, D) -> (N, T, D): Mamba over K orders of the tokens, merged back in raster order.
+
+    orders: (K, L) gather indices into the T tokens (sequence k reads tokens orders[k, 0], orders[k, 1], …).
+        Each row lists distinct tokens; rows may be permutations of all T tokens (L = T) or parts of a
+        partition (e.g. EfficientVMamba's sub-grids, L = T / K). T is the largest index + 1.
+    merge: "sum" or "mean" of the K outputs at each token (over the orders that read it).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        orders: torch.Tensor | Sequence[Sequence[int]],
+        d_state: int = D_STATE,
+        d_conv: int = D_CONV,
+        expand: int = EXPAND,
+        dt_rank: int | None = None,
+        merge: str = "sum",
+    ):
+        super().__init__()
+        if merge not in MERGES:
+            raise ValueError(f"unknown merge {merge!r}; choose one of {', '.join(MERGES)}")
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = default_dt_rank(d_model) if dt_rank is None else dt_rank
+        self.merge = merge
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        # Depthwise causal convolution: padded on both sides by PyTorch, the last d_conv−1 outputs cut.
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=True
+        )
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        # S4D-real initialisation A = −(1 … N) per channel, stored as log for positivity (kept in fp32).
+        a_init = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(a_init))
+        self.D = nn.Parameter(torch.ones(self.d_inner))  # skip connection of the SSM
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self.reset_dt_parameters()
+
+        # Index data lives on the CPU at build time (also under a `torch.device("meta")` context) and moves
+        # with the model; `to_empty()` would wipe these buffers, so load weights with load_state_dict.
+        orders = torch.as_tensor(orders, dtype=torch.long, device="cpu")
+        if orders.dim() != 2:
+            raise ValueError(f"orders must be (K, L) indices, got shape {tuple(orders.shape)}")
+        num_tokens = int(orders.max()) + 1
+        # restore[k, t] = position of token t in sequence k, or L (a zero pad column) if k skips t.
+        restore = torch.full((orders.shape[0], num_tokens), orders.shape[1], dtype=torch.long, device="cpu")
+        positions = torch.arange(orders.shape[1], device="cpu").expand_as(orders).contiguous()
+        restore.scatter_(1, orders, positions)
+        if merge == "mean":
+            counts = (restore < orders.shape[1]).sum(dim=0).clamp(min=1)
+            self.register_buffer("merge_weight", 1.0 / counts.float(), persistent=False)
+        else:
+            self.register_buffer("merge_weight", None, persistent=False)
+        self.register_buffer("orders", orders, persistent=False)
+        self.register_buffer("restore", restore, persistent=False)
+
+    def reset_dt_parameters(self) -> None:
+        """Mamba's step-size initialisation (mamba-ssm `Mamba.__init__`).
+
+        Weight uniform in ±R^−1/2 keeps the variance of dt_proj(dt) independent of R; the bias is the
+        inverse softplus of a step size drawn log-uniformly in [DT_MIN, DT_MAX], so that delta =
+        softplus(dt_proj(·)) starts in that range. (The released DiffMa overwrites both with its xavier
+        init; see docs/architecture.md.)
+        """
+        bound = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -bound, bound)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(DT_MAX) - math.log(DT_MIN)) + math.log(DT_MIN))
+        dt = dt.clamp(min=DT_INIT_FLOOR)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, num_tokens, _ = x.shape
+        if num_tokens != self.restore.shape[1]:
+            raise ValueError(f"mixer built for {self.restore.shape[1]} tokens, got {num_tokens}")
+        k, length = self.orders.shape
+        xz = self.in_proj(x)  # (N, T, 2Di)
+        # All K orders stacked on the batch dimension: (N·K, 2Di, L), sequence n·K + k = order k of sample n.
+        xz = xz[:, self.orders.flatten()].reshape(batch * k, length, 2 * self.d_inner).transpose(1, 2)
+        u, z = xz.chunk(2, dim=1)  # (N·K, Di, L) each
+        u = F.silu(self.conv1d(u)[..., :length])  # causal: keep outputs that saw only the past
+        dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # (N·K, Di, L); bias added inside the scan
+        A = -torch.exp(self.A_log.float())  # (Di, N)
+        y = selective_scan(
+            u, delta, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
+            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+        )  # (N·K, Di, L)
+        # Back to token positions (a zero column for tokens an order does not read), merged over orders.
+        y = F.pad(y.reshape(batch, k, self.d_inner, length), (0, 1))  # (N, K, Di, L + 1)
+        index = self.restore[None, :, None, :].expand(batch, k, self.d_inner, num_tokens)
+        y = y.gather(3, index).sum(dim=1)  # (N, Di, T)
+        if self.merge_weight is not None:
+            y = y * self.merge_weight.to(y.dtype)
+        # out_proj has no bias, so projecting the merged sum equals summing K projections (K× cheaper).
+        return self.out_proj(y.transpose(1, 2))  # (N, T, D)
