@@ -159,3 +159,33 @@ def test_evaluate_arrays_is_the_python_entry_point():
     result = evaluate_arrays(reference, reference, np.ones(reference.shape, bool), protocol="paper")
     assert result["paper_ssim"] == pytest.approx(100.0) and "mae" not in result
     assert NORMALISED_RANGE.data_range == 2
+
+
+def test_folder_mode_pairing_problems_are_one_line(tree):
+    write(np.zeros(SHAPE, np.float32), tree / "pred" / "1BA001" / "mr.nii.gz")  # a second prediction
+    assert "2 predictions" in one_line_error(invoke(tree / "pred", tree / "Task1"), 2)
+    (tree / "pred" / "1BA001" / "mr.nii.gz").unlink()
+    (tree / "Task1" / "brain" / "1BA002" / "mask.nii.gz").unlink()
+    assert "1BA002 has no mask" in one_line_error(invoke(tree / "pred", tree / "Task1"), 2)
+
+
+def test_mismatched_mask_in_folder_mode_is_found_before_scoring(tree):
+    write(np.ones(SHAPE, np.uint8), tree / "Task1" / "brain" / "1BA002" / "mask.nii.gz", spacing=(1, 1, 3))
+    result = invoke(tree / "pred", tree / "Task1", "-o", tree / "m.json")
+    line = one_line_error(result, 2)
+    assert "mask spacing" in line and "1BA002" in line
+    assert "eval:" not in result.output  # found before the progress bar started
+    assert not (tree / "m.json").exists()
+
+
+def test_ct_predictions_are_scored_in_hu(tree):
+    case = tree / "Task1" / "brain" / "1BA001"
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "ct.nii.gz"))).astype(np.float32)
+    write(ct + 10.0, tree / "sct" / "1BA001" / "ct.nii.gz")  # 10 HU off everywhere
+    out = tree / "ct.json"
+    result = invoke(tree / "sct", tree / "Task1", "--modality", "ct", "-o", out, "--report", tree / "r")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    assert metrics["scale"] == {"low": -1024.0, "high": 3000.0}
+    assert metrics["cases"][0]["mae"] == pytest.approx(10.0)
+    assert metrics["cases"][0]["psnr"] == pytest.approx(10 * np.log10(4024**2 / 100), rel=1e-6)
