@@ -85,6 +85,8 @@ def load_model(path: str | Path, *, ema: bool = True, **overrides: Any) -> nn.Mo
         stored = checkpoint.stored_weights(ema)
         released_name = overrides.get("name") or (checkpoint.args() or {}).get("model")
         config = {**recognise(stored, path, released_name), **overrides}
+        if "name" not in overrides:
+            config["name"] = _registered_name(config["name"])
         weights = load_tensors(stored)
     model = _build(config, path)
     _load_weights(model, weights, path)
@@ -159,6 +161,20 @@ def _read_safetensors(path: Path, overrides: dict[str, Any]
     except Exception as error:
         raise _safetensors_error(path, error) from None
     return {**(config or {}), **overrides}, weights
+
+
+def _registered_name(name: str) -> str:
+    """`name` if registered, else one of its family (same patch first): every setting is passed explicitly,
+    so any name of the family builds the recognised network (e.g. a 13-block DiffMa, which has no name)."""
+    from diffma_cli.models import model_names
+
+    names = model_names()
+    if name in names:
+        return name
+    family, patch = name.split("-")[0], name.rsplit("/", 1)[-1]
+    same_family = [known for known in names if known.split("-")[0] == family]
+    same_patch = [known for known in same_family if known.rsplit("/", 1)[-1] == patch]
+    return (same_patch or same_family or [name])[0]
 
 
 def _build(config: dict[str, Any], path: Path) -> nn.Module:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 # (command name, "module:function"), in the order `diffma --help` lists them: the researcher's workflow.
 COMMANDS: list[tuple[str, str]] = [
     ("eval", "evaluate:evaluate"),
+    ("import-weights", "weights:import_weights"),
+    ("info", "weights:info"),
 ]
 
 

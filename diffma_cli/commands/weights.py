@@ -26,13 +26,16 @@ def import_weights(
 ) -> None:
     """Convert a checkpoint of the authors' released code into a diffma weights file.
 
-    The checkpoint is read safely: only tensors and plain training options are taken from it; a file that
-    tries to run code is refused and nothing from it runs. Which network it holds (DiffMa, a baseline or the
-    CT Vision Embedder, its depth, width and patch size) is recognised from its weights.
+    The checkpoint is read safely: only tensors and plain options are taken.
+    A file that tries to run code is refused, and nothing from it runs.
+    The network (DiffMa, a baseline or the CT Vision Embedder) and its size
+    are recognised from the weights; the options below override them.
 
-    Example:  diffma import-weights brain_patch_size_2.pt -o embedder-brain.safetensors
+    Examples:
 
-    Example:  diffma import-weights 0750000.pt -o diffma-l2.safetensors --model DiffMa-L/2
+      diffma import-weights brain_patch_size_2.pt -o embedder.safetensors
+
+      diffma import-weights 0750000.pt -o diffma.safetensors --raw
     """
     from diffma_cli.weights import import_released
 
@@ -49,13 +52,15 @@ def info(
     path: Path = typer.Argument(..., help="A weights file (.safetensors or a released .pt) or a run folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Show what a weights file or run folder holds: model, config, parameters, dtypes, options.
+    """Show what a weights file or run folder holds: model, config, parameters, options.
 
-    Reads no tensor data and runs nothing from the file (released .pt checkpoints are read safely).
+    Reads no tensor data and runs nothing from the file.
 
-    Example:  diffma info embedder-brain.safetensors
+    Examples:
 
-    Example:  diffma info brain_patch_size_2.pt --json
+      diffma info embedder.safetensors
+
+      diffma info brain_patch_size_2.pt --json
     """
     from diffma_cli.info import describe
 

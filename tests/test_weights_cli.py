@@ -1,0 +1,126 @@
+"""`diffma import-weights` and `diffma info` from the command line."""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+from diffma_cli.cli import app
+
+RELEASED_EMBEDDERS = Path(__file__).parent / "data" / "released-embedder"
+if not RELEASED_EMBEDDERS.is_dir():  # until the files are copied into the repository
+    RELEASED_EMBEDDERS = Path(__file__).parents[2] / "shared" / "weights" / "released-embedder"
+BRAIN = RELEASED_EMBEDDERS / "brain_patch_size_2.pt"
+
+
+def _run(*args):
+    return CliRunner().invoke(app, [str(arg) for arg in args])
+
+
+def _one_error_line(result, exit_code: int) -> str:
+    assert result.exit_code == exit_code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diffma: error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_import_weights_then_info(tmp_path):
+    output = tmp_path / "embedder-brain.safetensors"
+    result = _run("import-weights", BRAIN, "-o", output)
+    assert result.exit_code == 0, result.output
+    assert "embedder/2" in result.stdout and "15,938 parameters" in result.stdout and "EMA" in result.stdout
+
+    result = _run("info", output, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["model"] == "embedder/2" and summary["parameters"] == 15938
+    assert summary["config"]["patch_size"] == 2 and summary["dtypes"] == ["F32"]
+    assert summary["provenance"]["source"] == BRAIN.name and summary["provenance"]["weights"] == "ema"
+    assert summary["provenance"]["args"]["epochs"] == 100  # the released training options travel along
+
+    result = _run("info", output)
+    assert result.exit_code == 0
+    assert "model: embedder/2" in result.stdout and "parameters: 15,938" in result.stdout
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    output = tmp_path / "embedder.safetensors"
+    assert _run("import-weights", BRAIN, "-o", output).exit_code == 0
+    before = output.read_bytes()
+    line = _one_error_line(_run("import-weights", BRAIN, "-o", output, "--raw"), 3)
+    assert line == f"diffma: error: {output}: already exists (pass --overwrite to replace it)"
+    assert output.read_bytes() == before
+    result = _run("import-weights", BRAIN, "-o", output, "--raw", "--overwrite")
+    assert result.exit_code == 0 and "raw model weights" in result.stdout
+    assert output.read_bytes() != before
+
+
+def test_malicious_checkpoint_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {}, "ema": {}, "opt": {}, "args": Payload()}, evil)
+    output = tmp_path / "out.safetensors"
+    line = _one_error_line(_run("import-weights", evil, "-o", output), 2)
+    assert str(evil) in line and "refused" in line and "system" in line
+    line = _one_error_line(_run("info", evil), 2)
+    assert "refused" in line
+    assert not marker.exists() and not output.exists()
+
+
+def test_wrong_patch_size_is_one_clear_line(tmp_path):
+    line = _one_error_line(_run("import-weights", BRAIN, "-o", tmp_path / "e.safetensors", "--model",
+                                "embedder/4"), 2)
+    assert "vision_embedding.proj.weight" in line and "(512, 4, 2, 2)" in line and "(512, 4, 4, 4)" in line
+    line = _one_error_line(_run("import-weights", BRAIN, "-o", tmp_path / "e.safetensors", "--model",
+                                "NoSuch-B/2"), 2)
+    assert "unknown model 'NoSuch-B/2'" in line
+
+
+def test_info_on_a_released_checkpoint_shows_what_it_holds():
+    result = _run("info", BRAIN, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["holds"] == ["model", "ema", "opt", "args"]
+    assert summary["ema_weights"]["recognised_as"]["name"] == "embedder/2"
+    assert summary["ema_weights"]["parameters"] == 15938
+    assert summary["optimizer"]["settings"]["lr"] == 1e-4
+    assert summary["args"]["global_batch_size"] == 32
+
+
+def test_info_on_a_run_folder_and_bad_paths(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("model:\n  name: DiffMa-B/2\ntrain:\n  epochs: 50\n")
+    assert _run("import-weights", BRAIN, "-o", run / "embedder.safetensors").exit_code == 0
+    (run / "checkpoints" / "step-0000100").mkdir(parents=True)
+    result = _run("info", run, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["recipe"]["train"]["epochs"] == 50
+    assert [weights["model"] for weights in summary["weights"]] == ["embedder/2"]
+    assert summary["checkpoints"] == ["step-0000100"]
+
+    assert "no such file" in _one_error_line(_run("info", tmp_path / "missing.safetensors"), 2)
+    assert "not a run folder" in _one_error_line(_run("info", tmp_path / "run" / "checkpoints"), 2)
+
+
+def test_args_namespace_of_a_bare_options_checkpoint(tmp_path):
+    """A DiT checkpoint whose options name the model: recognised without --model."""
+    from diffma_cli.models import create_model
+
+    model = create_model("DiT-S/2", depth=2, hidden_size=16, input_size=8)
+    path = tmp_path / "dit.pt"
+    torch.save({"model": model.state_dict(), "ema": model.state_dict(), "opt": {},
+                "args": argparse.Namespace(model="DiT-S/2")}, path)
+    result = _run("import-weights", path, "-o", tmp_path / "dit.safetensors")
+    assert result.exit_code == 0, result.output
+    assert "DiT-S/2" in result.stdout
