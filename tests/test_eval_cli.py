@@ -189,3 +189,7 @@ def test_ct_predictions_are_scored_in_hu(tree):
     assert metrics["scale"] == {"low": -1024.0, "high": 3000.0}
     assert metrics["cases"][0]["mae"] == pytest.approx(10.0)
     assert metrics["cases"][0]["psnr"] == pytest.approx(10 * np.log10(4024**2 / 100), rel=1e-6)
+
+
+def test_a_csv_name_for_the_json_is_refused(tree):
+    assert "CSV" in one_line_error(invoke(tree / "pred", tree / "Task1", "-o", tree / "m.csv"), 2)

@@ -35,9 +35,8 @@ def evaluate(
     from diffma_cli.errors import InputError
     from diffma_cli.evaluation.evaluate import check_protocol, evaluate_cases
     from diffma_cli.evaluation.pairing import INPUT_MODALITY, CasePaths, case_id_of, pair_folder
-    from diffma_cli.evaluation.results import check_result_outputs, write_results
+    from diffma_cli.evaluation.results import csv_path_for
     from diffma_cli.evaluation.scales import metric_range
-    from diffma_cli.io.atomic import check_output
 
     metric_range(modality)
     check_protocol(protocol)
@@ -55,14 +54,8 @@ def evaluate(
             raise InputError("--mask and --ct are for one case (with --target); folder mode takes them from "
                              f"DATA_SRC (<case>/mask.nii.gz, <case>/{INPUT_MODALITY[modality]}.nii.gz)")
         pairs = pair_folder(prediction, data_src, modality)
-    if output is not None:
-        check_result_outputs(output, overwrite)
-    if report is not None:
-        check_output(report, overwrite)
-
-    results = evaluate_cases(pairs, modality=modality, protocol=protocol, report=report, overwrite=overwrite)
-    if output is not None:
-        write_results(results, output, overwrite=overwrite)
+    results = evaluate_cases(pairs, modality=modality, protocol=protocol, output=output, report=report,
+                             overwrite=overwrite)
     for key, stats in results["summary"].items():
         if key == "paper_pooled":
             shown = ", ".join(f"{name} {value:.4g}" for name, value in stats.items())
@@ -71,5 +64,5 @@ def evaluate(
             spread = f" ± {stats['std']:.4g}" if stats["std"] is not None else ""
             typer.echo(f"{key:16s} {stats['mean']:.4g}{spread} (n={stats['n']})")
     typer.echo(f"scored {len(pairs)} case(s)"
-               + (f"; wrote {output} and {output.with_suffix('.csv')}" if output else "")
+               + (f"; wrote {output} and {csv_path_for(output)}" if output else "")
                + (f"; report {report / 'index.html'}" if report else ""))

@@ -2,8 +2,8 @@
 
 - `evaluate_arrays`: arrays already on the metric scale -> {metric: value} (no I/O; for benchmarks).
 - `evaluate_case`: one `CasePaths` -> {"case": id, "prediction": path, ..., metric: value}.
-- `evaluate_cases`: many cases with a progress bar and an optional visual report ->
-  {"modality", "protocol", "scale", "cases": [...], "summary": {...}} (the content of metrics.json).
+- `evaluate_cases`: many cases with a progress bar, optionally writing metrics.json/CSV and a visual report
+  -> {"modality", "protocol", "scale", "cases": [...], "summary": {...}} (the content of metrics.json).
 
 Metric keys (docs/metrics.md, docs/consistency.md): synthrad `mae`, `psnr`, `ssim`; paper `paper_ssim` (%),
 `paper_psnr`, `paper_mse`, `paper_slices`; consistency (always) `sagittal_ssim`, `sagittal_psnr`,
@@ -21,7 +21,7 @@ from diffma_cli.errors import InputError
 from diffma_cli.evaluation.consistency import consistency_metrics
 from diffma_cli.evaluation.metrics import paper_metrics, synthrad_metrics
 from diffma_cli.evaluation.pairing import CasePaths, check_pairs, load_case_volumes
-from diffma_cli.evaluation.results import summarise
+from diffma_cli.evaluation.results import check_result_outputs, summarise, write_results
 from diffma_cli.evaluation.scales import metric_range
 
 PROTOCOLS = ("synthrad", "paper", "both")
@@ -63,15 +63,26 @@ def evaluate_case(paths: CasePaths, *, modality: str = "mr", protocol: str = "bo
 
 
 def evaluate_cases(pairs: Sequence[CasePaths], *, modality: str = "mr", protocol: str = "both",
-                   report: str | Path | None = None, overwrite: bool = False, progress: bool = True) -> dict:
-    """Check all cases from their headers (`check_pairs`), score each (tqdm progress bar) and summarise;
-    `report` is a folder for montages and index.html, written atomically (refused if it exists, unless
-    `overwrite`)."""
+                   output: str | Path | None = None, report: str | Path | None = None,
+                   overwrite: bool = False, progress: bool = True) -> dict:
+    """Score every case and summarise: the content of metrics.json.
+
+    First, before any long work: existing outputs are refused unless `overwrite`, and every case is checked
+    from its file headers (`check_pairs`). Then each case is scored (tqdm progress bar). `output` is the
+    metrics.json to write (with a CSV beside it, `results.write_results`); `report` a folder for montages and
+    index.html, written atomically.
+    """
     from tqdm import tqdm
 
+    from diffma_cli.io.atomic import atomic_dir, check_output
+
     check_protocol(protocol)
-    check_pairs(list(pairs))
     scale = metric_range(modality)
+    if output is not None:
+        check_result_outputs(output, overwrite)
+    if report is not None:
+        check_output(report, overwrite)
+    check_pairs(list(pairs))
     header = {"modality": modality, "protocol": protocol, "scale": {"low": scale.low, "high": scale.high}}
 
     def run(report_folder: Path | None) -> dict:
@@ -87,8 +98,10 @@ def evaluate_cases(pairs: Sequence[CasePaths], *, modality: str = "mr", protocol
         return results
 
     if report is None:
-        return run(None)
-    from diffma_cli.io.atomic import atomic_dir
-
-    with atomic_dir(report, overwrite=overwrite) as folder:
-        return run(folder)
+        results = run(None)
+    else:
+        with atomic_dir(report, overwrite=overwrite) as folder:
+            results = run(folder)
+    if output is not None:
+        write_results(results, output, overwrite=overwrite)
+    return results

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffma_cli.errors import InputError
 from diffma_cli.io.atomic import atomic_file, check_output
 
 # Record keys that describe a case rather than measure it.
@@ -66,7 +67,11 @@ def csv_path_for(json_path: str | Path) -> Path:
 
 
 def check_result_outputs(json_path: str | Path, overwrite: bool) -> None:
-    """Refuse existing metrics files up front (before any long computation) unless `overwrite`."""
+    """Refuse existing metrics files up front (before any long computation) unless `overwrite`, and a JSON
+    name that would collide with its CSV."""
+    if csv_path_for(json_path) == Path(json_path):
+        raise InputError("the metrics file would be overwritten by its CSV", path=json_path,
+                         hint="name it metrics.json; the CSV is written beside it")
     check_output(json_path, overwrite)
     check_output(csv_path_for(json_path), overwrite)
 
