@@ -8,11 +8,12 @@ import typer
 
 
 def evaluate(
-    prediction: Path = typer.Argument(..., help="A predicted volume (with --target), or a folder of "
-                                      "predictions named <case>.nii.gz or <case>/mr.nii.gz (any volume "
-                                      "suffix)."),
-    data_src: Path | None = typer.Argument(None, help="Folder mode: the SynthRAD Task1 (or anatomy) folder "
-                                           "holding the references and masks."),
+    prediction: Path = typer.Argument(
+        ..., metavar="PRED", help="A predicted volume (with --target), or a folder of predictions named "
+        "<case>.nii.gz or <case>/mr.nii.gz (any volume suffix)."),
+    data_src: Path | None = typer.Argument(
+        None, metavar="DATA_SRC", help="Folder mode: the SynthRAD Task1 (or anatomy) folder holding the "
+        "references and masks."),
     target: Path | None = typer.Option(None, "--target", help="One case: the reference volume."),
     mask: Path | None = typer.Option(None, "--mask", help="One case: the body mask (voxels > 0 inside)."),
     ct: Path | None = typer.Option(None, "--ct", help="One case: the model input (the CT for CT->MR), shown "
