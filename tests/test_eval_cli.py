@@ -95,6 +95,8 @@ def test_folder_mode_writes_json_csv_and_report(tree):
     images = re.findall(r'src="([^"]+)"', index)
     assert len(images) == 6 and all((report / name).is_file() for name in images)
     assert "1BA002" in index and "http" not in index  # opens from disk, no external assets
+    assert f"all {summary['paper_pooled']['slices']} scored slices" in index
+    assert metrics["diffma"] and metrics["modality"] == "mr"
 
 
 def test_one_case_matches_the_library_on_normalised_arrays(tree):

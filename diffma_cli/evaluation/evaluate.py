@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffma_cli import __version__
 from diffma_cli.errors import InputError
 from diffma_cli.evaluation.consistency import consistency_metrics
 from diffma_cli.evaluation.metrics import paper_metrics, synthrad_metrics
@@ -83,7 +84,8 @@ def evaluate_cases(pairs: Sequence[CasePaths], *, modality: str = "mr", protocol
     if report is not None:
         check_output(report, overwrite)
     check_pairs(list(pairs))
-    header = {"modality": modality, "protocol": protocol, "scale": {"low": scale.low, "high": scale.high}}
+    header = {"diffma": __version__, "modality": modality, "protocol": protocol,
+              "scale": {"low": scale.low, "high": scale.high}}
 
     def run(report_folder: Path | None) -> dict:
         # A context manager, so that an error mid-way ends the bar's line before the message.

@@ -122,6 +122,10 @@ def write_index(folder: Path, results: dict) -> Path:
             f"<figure><img src=\"{html.escape(image_name(record['case'], view))}\" alt=\"{case} {view}\">"
             f"<figcaption>{view}</figcaption></figure>" for view in VIEWS))
     scale = results["scale"]
+    pooled = results["summary"].get("paper_pooled")
+    pooled_line = "" if pooled is None else (
+        "<p>Paper protocol pooled over all {slices} scored slices: SSIM {paper_ssim:.2f} %, "
+        "PSNR {paper_psnr:.2f} dB, MSE {paper_mse:.2f}.</p>".format(**pooled))
     text = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>diffma eval</title>
 <style>body{{font-family:sans-serif;margin:1em}}table{{border-collapse:collapse}}
@@ -134,6 +138,7 @@ docs/consistency.md. Montage columns: input | generated | reference | |error| (b
 <table><tr>{head}</tr>
 {chr(10).join(rows)}
 </table>
+{pooled_line}
 {chr(10).join(figures)}
 </body></html>
 """
