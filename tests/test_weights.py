@@ -145,11 +145,12 @@ def _released_backbone(block_keys, depth=4, width=64, patch=2, grid=14, channels
                "final_layer.linear.weight": _Shape(patch * patch * 2 * channels, width)}
     for index in range(depth):
         for key in block_keys:
-            weights[f"blocks.{index}.{key}"] = _Shape(1)
+            weights[f"blocks.{index}.{key}"] = _Shape(2 * width, 16) if key.endswith("A_log") else _Shape(1)
     return weights
 
 
-DIFFMA_BLOCK = ["mamba1.in_proj.weight", "mamba2.in_proj.weight", "attention_network.1.weight"]
+DIFFMA_BLOCK = ["mamba1.in_proj.weight", "mamba1.A_log", "mamba2.in_proj.weight",
+                "attention_network.1.weight"]
 DIT_BLOCK = ["attn.qkv.weight", "mlp.fc1.weight"]
 SINGLE_MIXER_BLOCK = ["mamba.in_proj.weight", "norm1.weight"]
 
@@ -158,7 +159,8 @@ def test_recognises_diffma_sizes_and_patches():
     path = Path("x.pt")
     config = recognise(_released_backbone(DIFFMA_BLOCK, depth=8, width=512, patch=2), path)
     assert config == {"name": "DiffMa-B/2", "depth": 8, "hidden_size": 512, "patch_size": 2,
-                      "in_channels": 4, "input_size": 28, "learn_sigma": True, "scan": "released"}
+                      "in_channels": 4, "input_size": 28, "learn_sigma": True, "scan": "released",
+                      "d_state": 16}
     config = recognise(_released_backbone(DIFFMA_BLOCK, depth=16, patch=7, grid=4), path)
     assert (config["name"], config["patch_size"], config["input_size"]) == ("DiffMa-L/7", 7, 28)
     config = recognise(_released_backbone(DIFFMA_BLOCK, depth=5, width=64), path)  # not a released size

@@ -120,3 +120,43 @@ def test_weights_of_another_size_are_refused_with_key_and_shapes(tmp_path):
         load_model(path, hidden_size=64)
     with pytest.raises(InputError, match=r"weights of DiffMa-S/2 are missing \(blocks\.2\."):
         load_model(path, depth=3)
+
+
+def _reference_file(name: str) -> Path:
+    path = DATA / "released" / name
+    if not path.is_file():
+        pytest.skip(f"{name} not generated yet (tests/data/released/make_diffma_reference.py)")
+    return path
+
+
+def _relative_error(output: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((output - expected).norm() / expected.norm()).item()
+
+
+def test_imported_released_embedder_reproduces_the_released_outputs(tmp_path):
+    """brain_patch_size_2.pt -> our file -> model; the released CT_Encoder's outputs on the same input."""
+    with safe_open(str(_reference_file("embedder_brain_p2.safetensors")), framework="pt") as handle:
+        reference = {key: handle.get_tensor(key) for key in handle.keys()}
+    from diffma_cli.weights import import_released
+
+    import_released(RELEASED_EMBEDDERS / "brain_patch_size_2.pt", tmp_path / "embedder.safetensors")
+    model = load_model(tmp_path / "embedder.safetensors")
+    with torch.no_grad():
+        weight, tokens = model(reference["input.z"])
+    assert _relative_error(weight, reference["output.weight"]) <= 1e-5
+    assert _relative_error(tokens, reference["output.tokens"]) <= 1e-5
+
+
+@pytest.mark.parametrize("case", ["p2", "p4", "p7"])
+def test_released_diffma_checkpoint_reproduces_the_released_output(tmp_path, case):
+    with safe_open(str(_reference_file(f"diffma_{case}.safetensors")), framework="pt") as handle:
+        config = json.loads(handle.metadata()["config"])
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    state = {key.removeprefix("model."): value for key, value in tensors.items() if key.startswith("model.")}
+    model = load_model(_released_layout(tmp_path / "0100000.pt", state))
+    for key in ("depth", "hidden_size", "patch_size", "input_size"):
+        assert model.config[key] == config[key], key
+    assert model.config["scan"] == "released"
+    with torch.no_grad():
+        output = model(*(tensors[f"input.{key}"] for key in ("x", "t", "y", "y2", "w")))
+    assert _relative_error(output, tensors["output"]) <= 1e-5

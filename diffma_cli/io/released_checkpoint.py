@@ -17,7 +17,8 @@ A state dict says which network it belongs to through its key names and shapes (
 
 Backbones: `x_embedder.proj.weight` (D, C, p, p) gives width D, latent channels C and patch p; `pos_embed`
 (1, T, D) the token grid (input size = √T·p); the number of `blocks.i` the depth; `final_layer.linear.weight`
-(p²·C_out, D) whether the variance is learned (C_out = 2C).
+(p²·C_out, D) whether the variance is learned (C_out = 2C); a DiffMa mixer's `A_log` (Di, N) the state
+size N.
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ def recognise_backbone(weights: Mapping[str, Any], path: Path,
     }
     if family == "DiffMa":
         config["scan"] = "released"  # its checkpoints were trained with the released gather order
+        config["d_state"] = _shape(weights, "blocks.0.mamba1.A_log", path)[1]  # A_log (Di, N)
     return config
 
 
