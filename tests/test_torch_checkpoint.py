@@ -297,3 +297,32 @@ def test_storage_shorter_than_announced_is_refused(tmp_path):
     _torch_like_archive(path, _pickle_with_storage({"w": _TensorRecord((4,))}, numel=4), {"0": bytes(8)})
     with pytest.raises(InputError, match="shorter"):
         read_torch_checkpoint(path)
+
+
+class _TensorRecordRewritten(_TensorRecord):
+    """A valid tensor record followed by a BUILD that tries to change its shape after the bounds check."""
+
+    def __reduce__(self):
+        return (*super().__reduce__(), {"shape": (1000,)})
+
+
+def test_pickle_cannot_rewrite_a_checked_tensor_record(tmp_path):
+    path = tmp_path / "rewrite.pt"
+    payload = _pickle_with_storage({"w": _TensorRecordRewritten((4,))}, numel=4)
+    _torch_like_archive(path, payload, {"0": bytes(16)})
+    with pytest.raises(InputError, match="tries to modify a StoredTensor"):
+        read_torch_checkpoint(path)
+
+
+def test_options_with_cycles_and_exponential_sharing_stay_small(tmp_path):
+    options = argparse.Namespace(name="run")
+    options.itself = options  # a cycle
+    shared = ["leaf"]
+    for _ in range(60):  # 2^60 paths if shared lists were expanded naively
+        shared = [shared, shared]
+    options.tree = shared
+    path = tmp_path / "options.pt"
+    torch.save({"model": {}, "args": options}, path)
+    plain = plain_data(read_torch_checkpoint(path)["args"], max_items=1000)
+    assert plain["name"] == "run" and plain["itself"] == "..."
+    assert len(repr(plain)) < 100_000

@@ -87,7 +87,14 @@ class InertObject:
         return f"<{self.qualname} (inert)>"
 
 
-class StoredTensor:
+class _Sealed:
+    """Our own records in the unpickled result: a pickle's BUILD must not rewrite them after their checks."""
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError(f"the pickle tries to modify a {type(self).__name__}")
+
+
+class StoredTensor(_Sealed):
     """A tensor of the checkpoint, not yet read: dtype, shape and where its data is in the archive."""
 
     def __init__(self, storage: _StorageRef, offset: int, shape: tuple[int, ...], stride: tuple[int, ...]):
@@ -118,7 +125,7 @@ class StoredTensor:
         return f"StoredTensor({tuple(self.shape)}, {self.dtype})"
 
 
-class _StorageRef:
+class _StorageRef(_Sealed):
     """One raw storage `data/<key>` of the archive: `numel` elements of `dtype`."""
 
     def __init__(self, archive: TorchArchive, key: str, dtype, numel: int):
@@ -247,7 +254,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self.storage_refs[key]
 
 
-class _StorageType:
+class _StorageType(_Sealed):
     """What `find_class("torch", "FloatStorage")` gives: only the element dtype."""
 
     def __init__(self, dtype):
@@ -319,32 +326,40 @@ def load_tensors(value: Any) -> Any:
     return value
 
 
-def plain_data(value: Any, _depth: int = 0) -> Any:
+def plain_data(value: Any, max_items: int = 100_000) -> Any:
     """JSON-friendly copy of unpickled options: Namespace -> dict, DictConfig -> dict, ListConfig -> list.
 
     omegaconf containers keep their entries in `_content` and leaf nodes their value in `_val`; other inert
-    objects (typing.Any, enums, metadata) become their class name. Tensors become a short description.
+    objects (typing.Any, enums, metadata) become their class name, tensors a short description. A pickle can
+    share and nest objects to build cycles or exponentially large trees: a container met again on its own
+    path, or any item beyond `max_items`, becomes "...".
     """
-    if _depth > 50:  # options are shallow; deeper nesting is a reference cycle we do not follow
-        return "..."
-    depth = _depth + 1
-    if isinstance(value, type) and issubclass(value, InertObject):
-        return value.qualname
-    if isinstance(value, InertObject):
-        state = value.state if isinstance(value.state, dict) else {}
-        if value.qualname == "argparse.Namespace":
-            return {str(key): plain_data(item, depth) for key, item in state.items()}
-        if "_content" in state:
-            return plain_data(state["_content"], depth)
-        if "_val" in state:
-            return plain_data(state["_val"], depth)
-        return value.qualname
-    if isinstance(value, StoredTensor):
-        return f"tensor{list(value.shape)} {str(value.dtype).removeprefix('torch.')}"
-    if isinstance(value, dict):
-        return {str(key): plain_data(item, depth) for key, item in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [plain_data(item, depth) for item in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return repr(value)
+    budget = [max_items]
+
+    def convert(item: Any, path: frozenset[int]) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0 or id(item) in path:
+            return "..."
+        inner = path | {id(item)}
+        if isinstance(item, type) and issubclass(item, InertObject):
+            return item.qualname
+        if isinstance(item, InertObject):
+            state = item.state if isinstance(item.state, dict) else {}
+            if item.qualname == "argparse.Namespace":
+                return {str(key): convert(entry, inner) for key, entry in state.items()}
+            if "_content" in state:
+                return convert(state["_content"], inner)
+            if "_val" in state:
+                return convert(state["_val"], inner)
+            return item.qualname
+        if isinstance(item, StoredTensor):
+            return f"tensor{list(item.shape)} {str(item.dtype).removeprefix('torch.')}"
+        if isinstance(item, dict):
+            return {str(key): convert(entry, inner) for key, entry in item.items()}
+        if isinstance(item, (list, tuple, set, frozenset)):
+            return [convert(entry, inner) for entry in item]
+        if item is None or isinstance(item, (bool, int, float, str)):
+            return item
+        return repr(item)[:200]
+
+    return convert(value, frozenset())
