@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 # (command name, "module:function"), in the order `diffma --help` lists them: the researcher's workflow.
 COMMANDS: list[tuple[str, str]] = [
+    ("synth", "data:synth"),
+    ("prepare", "data:prepare"),
     ("eval", "evaluate:evaluate"),
     ("import-weights", "weights:import_weights"),
     ("info", "weights:info"),
