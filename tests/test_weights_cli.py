@@ -124,3 +124,18 @@ def test_args_namespace_of_a_bare_options_checkpoint(tmp_path):
     result = _run("import-weights", path, "-o", tmp_path / "dit.safetensors")
     assert result.exit_code == 0, result.output
     assert "DiT-S/2" in result.stdout
+
+
+def test_info_on_foreign_and_truncated_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"a": torch.zeros(3, 4), "b": torch.zeros(5, dtype=torch.float16)}, str(foreign),
+              metadata={"origin": "elsewhere"})
+    summary = json.loads(_run("info", foreign, "--json").stdout)
+    assert summary["format"] == "safetensors (not written by diffma)"
+    assert summary["parameters"] == 17 and summary["dtypes"] == ["F16", "F32"]
+    assert summary["metadata"] == {"origin": "elsewhere"}
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(foreign.read_bytes()[:-8])
+    assert "damaged or truncated" in _one_error_line(_run("info", truncated), 2)

@@ -160,3 +160,29 @@ def test_released_diffma_checkpoint_reproduces_the_released_output(tmp_path, cas
     with torch.no_grad():
         output = model(*(tensors[f"input.{key}"] for key in ("x", "t", "y", "y2", "w")))
     assert _relative_error(output, tensors["output"]) <= 1e-5
+
+
+def test_dictconfig_options_name_the_model_without_omegaconf(tmp_path, monkeypatch):
+    """Released diffusion training stores an OmegaConf DictConfig as `args`; its `model` names the model."""
+    import sys
+
+    from fake_omegaconf import write_fake_omegaconf
+
+    write_fake_omegaconf(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from omegaconf.dictconfig import DictConfig
+
+    torch.manual_seed(0)
+    model = create_model("DiffMa-S/2", depth=4, hidden_size=16, input_size=8)
+    path = _released_layout(tmp_path / "0050000.pt", model.state_dict(),
+                            args=DictConfig({"model": "DiffMa-S/2", "epochs": 50, "lr": 1e-4}))
+    for name in [module for module in sys.modules if module.split(".")[0] == "omegaconf"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry != str(tmp_path)])
+
+    loaded = load_model(path)
+    assert loaded.config["name"] == "DiffMa-S/2" and loaded.config["depth"] == 4
+    from diffma_cli.info import describe
+
+    assert describe(path)["args"] == {"model": "DiffMa-S/2", "epochs": 50, "lr": 1e-4}
+    assert not any(module.split(".")[0] == "omegaconf" for module in sys.modules)
