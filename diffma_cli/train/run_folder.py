@@ -1,0 +1,149 @@
+"""Run folders: what a training writes, and `load_run`, which `diffma convert --model RUN` reads.
+
+A run folder describes itself (docs/training.md lists its files):
+
+    recipe.yaml            the resolved recipe (after --recipe, options and --set overrides)
+    run.json               what was trained: kind, model config, data set and manifest, encoder identities,
+                           embedder reference, world size, throughput, whether it finished
+    log.jsonl              one JSON line per logged step (step, epoch, loss, images/s, ...)
+    checkpoints/step-N/    resumable training state (see checkpoint.py)
+    backbone.safetensors   diffusion runs: the EMA backbone (diffma weights file, config in its metadata)
+    embedder.safetensors   embedder runs: the EMA embedder; diffusion runs: a copy of the embedder used
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffma_cli.config import Recipe, load_recipe, save_recipe
+from diffma_cli.errors import InputError, OutputError
+from diffma_cli.io.atomic import atomic_file, check_output
+
+RUN_INFO = "run.json"
+RECIPE = "recipe.yaml"
+BACKBONE = "backbone.safetensors"
+EMBEDDER = "embedder.safetensors"
+KINDS = ("vae", "embedder", "diffusion")
+
+
+def prepare_run_folder(path: str | Path, *, overwrite: bool, resume: bool, create: bool = True) -> Path:
+    """Check that `path` may be used as a run folder and (if `create`) make it ready.
+
+    New folder: created. Existing folder: needs `resume` (continue it) or `overwrite` (start again; the old
+    contents are deleted, which is refused for a non-empty folder that is not a run folder). Call the check
+    on every process (same answer everywhere) and `create` on rank 0 only.
+    """
+    path = Path(path)
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite exclude each other",
+                         hint="--resume continues the run, --overwrite starts it again")
+    if resume:
+        if not (path / RUN_INFO).is_file():
+            raise InputError("is not a run folder to resume (no run.json)", path=path,
+                             hint="start a new run without --resume")
+        return path
+    if path.exists():
+        if not overwrite:
+            raise OutputError("already exists", path=path,
+                              hint="pass --resume to continue that run or --overwrite to start it again")
+        if path.is_dir() and any(path.iterdir()) and not (path / RUN_INFO).is_file():
+            raise OutputError("exists and is not a run folder; refusing to delete it", path=path,
+                              hint="choose another output folder")
+    check_output(path, overwrite=True)
+    if create:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        path.mkdir(parents=True)
+    return path
+
+
+def write_json(path: Path, values: dict) -> None:
+    with atomic_file(path, overwrite=True) as temporary:
+        temporary.write_text(json.dumps(values, indent=1, sort_keys=True, default=str) + "\n")
+
+
+def read_run_info(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        return json.loads((path / RUN_INFO).read_text())
+    except FileNotFoundError:
+        raise InputError("is not a diffma run folder (no run.json)", path=path,
+                         hint="give the folder written by `diffma train`") from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"run.json is damaged ({error})", path=path) from None
+
+
+def start_run(path: Path, recipe: Recipe, info: dict, *, resume: bool) -> dict:
+    """Write recipe.yaml and run.json for a new run (rank 0); on resume, keep the first start's record."""
+    if resume:
+        previous = read_run_info(path)
+        previous.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S"))
+        previous["finished"] = False
+        write_json(path / RUN_INFO, previous)
+        return previous
+    save_recipe(recipe, path / RECIPE)
+    info = {**info, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "finished": False}
+    write_json(path / RUN_INFO, info)
+    return info
+
+
+def finish_run(path: Path, info: dict, **results) -> dict:
+    info = {**info, **results, "finished": True, "ended": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_json(path / RUN_INFO, info)
+    return info
+
+
+@dataclass
+class LoadedRun:
+    """A finished diffusion run, ready for sampling: models in eval mode on the CPU."""
+
+    path: Path
+    recipe: Recipe
+    info: dict
+    backbone: object
+    embedder: object
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    """Read a run folder written by `diffma train`: resolved recipe, EMA backbone and embedder.
+
+    The frozen encoders are named by `recipe.encoders` (and identified in `info["encoders"]`).
+    Raises InputError when the folder is not a finished diffusion run.
+    """
+    from diffma_cli.weights import load_model
+
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError("no such run folder", path=path)
+    info = read_run_info(path)
+    if info.get("kind") != "diffusion":
+        raise InputError(f"is a {info.get('kind')} run, not a diffusion run", path=path,
+                         hint="give the folder written by `diffma train`")
+    if not (path / BACKBONE).is_file():
+        raise InputError(f"has no {BACKBONE}: the training did not finish", path=path,
+                         hint="continue it with `diffma train ... --resume`")
+    recipe = load_recipe(path / RECIPE)
+    return LoadedRun(path=path, recipe=recipe, info=info, backbone=load_model(path / BACKBONE),
+                     embedder=load_model(path / EMBEDDER))
+
+
+def embedder_file(reference: str | Path) -> Path:
+    """The embedder weights named by `--embedder`: a run folder (its embedder.safetensors) or a file
+    (one of ours or a released .pt checkpoint such as pretrain_ct_vision_embedder/brain_patch_size_2.pt)."""
+    reference = Path(reference)
+    if reference.is_dir():
+        candidate = reference / EMBEDDER
+        if not candidate.is_file():
+            raise InputError(f"has no {EMBEDDER}", path=reference,
+                             hint="give a finished `diffma train-embedder` run folder or a weights file")
+        return candidate
+    if not reference.is_file():
+        raise InputError("no such embedder run folder or weights file", path=reference,
+                         hint="train one with `diffma train-embedder DATA -o RUN` and pass RUN")
+    return reference
