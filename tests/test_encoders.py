@@ -65,7 +65,7 @@ def test_vae_identity_changes_with_weights_and_dtype(tmp_path):
 
 
 def test_vae_hub_offline_without_cache_says_what_to_download():
-    with pytest.raises(EnvironmentProblem, match="huggingface-cli download stabilityai/sd-vae-ft-ema"):
+    with pytest.raises(EnvironmentProblem, match="hf download stabilityai/sd-vae-ft-ema"):
         load_vae("stabilityai/sd-vae-ft-ema", offline=True)
 
 
@@ -141,7 +141,7 @@ def test_clip_refuses_pickled_code(tmp_path):
 
 
 def test_clip_hub_offline_without_cache_says_what_to_download():
-    with pytest.raises(EnvironmentProblem, match="huggingface-cli download microsoft/BiomedCLIP"):
+    with pytest.raises(EnvironmentProblem, match="hf download microsoft/BiomedCLIP"):
         load_clip("microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", offline=True)
 
 

@@ -49,7 +49,7 @@ def hub_unreachable(hub_id: str, offline: bool, what: str, error: Exception) -> 
     reason = "offline and not in the local Hugging Face cache" if offline else f"could not download ({error})"
     return EnvironmentProblem(
         f"{what} weights '{hub_id}' are not available: {reason}",
-        hint=f"on a machine with internet run `huggingface-cli download {hub_id} --local-dir DIR`, copy DIR "
+        hint=f"on a machine with internet run `hf download {hub_id} --local-dir DIR`, copy DIR "
              "here and pass that folder instead of the hub id (see docs/encoders.md)",
     )
 
