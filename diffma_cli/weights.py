@@ -31,6 +31,9 @@ from diffma_cli.io.torch_checkpoint import load_tensors
 
 FORMAT = "diffma"
 SUFFIX = ".safetensors"
+#: Settings a registry name fixes ("DiffMa-B/2": 8 blocks, patch 2); other recognised settings (width,
+#: grid, channels, state size) come from the file even when the user names the model.
+NAMED_SETTINGS = ("depth", "patch_size")
 
 
 def save_model(model: nn.Module, path: str | Path, *, overwrite: bool = False,
@@ -71,10 +74,12 @@ def load_model(path: str | Path, *, ema: bool = True, **overrides: Any) -> nn.Mo
     """Rebuild a model from a weights file, in eval mode on the CPU.
 
     `path`: one of our .safetensors files (config from its metadata) or a released .pt checkpoint (config
-    recognised from its keys and shapes; a DiffMa backbone gets scan="released"). `overrides` replace config
+    recognised from its keys and shapes; Mamba backbones get scan="released"). `overrides` replace config
     entries: `name` ("DiffMa-B/2", "embedder/2", ...), `depth`, `hidden_size`, `patch_size`, `scan`, ...;
-    `name` is required for a safetensors file not written by diffma. `ema`: for released checkpoints, the EMA
-    weights (default) or the raw `model` weights; our files hold one set and ignore it.
+    `name` is required for a safetensors file not written by diffma; for a released file it replaces the
+    recognised depth and patch size by the name's (weights of another size are reported, not relabelled).
+    `ema`: for released checkpoints, the EMA weights (default) or the raw `model` weights; our files hold
+    one set and ignore it.
     Raises InputError for damaged files, unknown layouts and weights that do not fit the model.
     """
     path = _existing_file(path)
@@ -84,9 +89,12 @@ def load_model(path: str | Path, *, ema: bool = True, **overrides: Any) -> nn.Mo
         checkpoint = ReleasedCheckpoint.read(path)
         stored = checkpoint.stored_weights(ema)
         released_name = overrides.get("name") or (checkpoint.args() or {}).get("model")
-        config = {**recognise(stored, path, released_name), **overrides}
-        if "name" not in overrides:
-            config["name"] = _registered_name(config["name"])
+        recognised = recognise(stored, path, released_name)
+        if "name" in overrides:  # the user's name sets depth and patch (a mismatch is then reported)
+            recognised = {key: value for key, value in recognised.items() if key not in NAMED_SETTINGS}
+        else:
+            recognised["name"] = _registered_name(recognised["name"])
+        config = {**recognised, **overrides}
         weights = load_tensors(stored)
     model = _build(config, path)
     _load_weights(model, weights, path)

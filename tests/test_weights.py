@@ -152,7 +152,7 @@ def _released_backbone(block_keys, depth=4, width=64, patch=2, grid=14, channels
 DIFFMA_BLOCK = ["mamba1.in_proj.weight", "mamba1.A_log", "mamba2.in_proj.weight",
                 "attention_network.1.weight"]
 DIT_BLOCK = ["attn.qkv.weight", "mlp.fc1.weight"]
-SINGLE_MIXER_BLOCK = ["mamba.in_proj.weight", "norm1.weight"]
+SINGLE_MIXER_BLOCK = ["mamba.in_proj.weight", "mamba.A_log", "norm1.weight"]
 
 
 def test_recognises_diffma_sizes_and_patches():
@@ -174,7 +174,8 @@ def test_recognises_dit_and_needs_a_name_for_single_mixer_baselines():
     single = _released_backbone(SINGLE_MIXER_BLOCK, depth=13)
     with pytest.raises(InputError, match="ZigMa, ViM, VMamba, EMamba.*--model"):
         recognise(single, path)
-    assert recognise(single, path, "VMamba-BL/2")["name"] == "VMamba-BL/2"
+    config = recognise(single, path, "VMamba-BL/2")
+    assert (config["name"], config["scan"], config["d_state"]) == ("VMamba-BL/2", "released", 16)
     assert recognise(single, path, "ViM-BL/2")["name"] == "ViM-BL/2"
 
 
@@ -226,6 +227,7 @@ class _ReleasedStandIn(nn.Module):
         self.blocks = nn.ModuleList([nn.Module()])
         self.blocks[0].mamba = nn.Module()
         self.blocks[0].mamba.in_proj = nn.Linear(width, 2 * width)
+        self.blocks[0].mamba.A_log = nn.Parameter(torch.zeros(2 * width, 16))
         self.final_layer = nn.Module()
         self.final_layer.linear = nn.Linear(width, patch * patch * 8)
 

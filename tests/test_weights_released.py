@@ -42,7 +42,7 @@ def test_released_embedder_of_another_patch_size_names_key_and_shapes():
     path = RELEASED_EMBEDDERS / "brain_patch_size_2.pt"
     with pytest.raises(InputError, match=r"vision_embedding.proj.weight` has shape \(512, 4, 2, 2\) in the "
                                          r"file but \(512, 4, 4, 4\)"):
-        load_model(path, name="embedder/4", patch_size=4)
+        load_model(path, name="embedder/4")
 
 
 def _reference(family: str):
@@ -104,6 +104,16 @@ def test_diffma_released_layout_is_recognised_with_released_scan(tmp_path):
     assert loaded.config["scan"] == "released" and loaded.config["name"].startswith("DiffMa-")
     with torch.no_grad():
         assert torch.equal(loaded(*_inputs(model)), model(*_inputs(model)))
+
+
+def test_a_model_name_of_another_size_reports_the_mismatch(tmp_path):
+    path = _released_layout(tmp_path / "0001000.pt", _tiny_diffma().state_dict())
+    with pytest.raises(InputError, match=r"`pos_embed` has shape \(1, 16, 32\) in the file but "
+                                         r"\(1, 4, 32\) in the model"):
+        load_model(path, name="DiffMa-S/4", depth=2)
+    with pytest.raises(InputError, match=r"weights of DiffMa-L/2 are missing \(blocks\.2\."):
+        load_model(path, name="DiffMa-L/2")
+    assert load_model(path, name="DiffMa-L/2", depth=2).config["depth"] == 2
 
 
 def test_real_model_round_trip_through_our_format(tmp_path):

@@ -17,8 +17,8 @@ A state dict says which network it belongs to through its key names and shapes (
 
 Backbones: `x_embedder.proj.weight` (D, C, p, p) gives width D, latent channels C and patch p; `pos_embed`
 (1, T, D) the token grid (input size = √T·p); the number of `blocks.i` the depth; `final_layer.linear.weight`
-(p²·C_out, D) whether the variance is learned (C_out = 2C); a DiffMa mixer's `A_log` (Di, N) the state
-size N.
+(p²·C_out, D) whether the variance is learned (C_out = 2C); a Mamba mixer's `A_log` (Di, N) the state
+size N. Checkpoints with Mamba blocks were trained with the released token orders: scan = "released".
 """
 
 from __future__ import annotations
@@ -144,9 +144,10 @@ def recognise_backbone(weights: Mapping[str, Any], path: Path,
         "depth": depth, "hidden_size": hidden_size, "patch_size": patch_size, "in_channels": in_channels,
         "input_size": _grid_side(tokens, path) * patch_size, "learn_sigma": out_channels == 2 * in_channels,
     }
-    if family == "DiffMa":
-        config["scan"] = "released"  # its checkpoints were trained with the released gather order
-        config["d_state"] = _shape(weights, "blocks.0.mamba1.A_log", path)[1]  # A_log (Di, N)
+    if family != "DiT":  # Mamba blocks: trained with the released token orders; A_log (Di, N) gives N
+        config["scan"] = "released"
+        mixer = "mamba1" if family == "DiffMa" else "mamba"
+        config["d_state"] = _shape(weights, f"blocks.0.{mixer}.A_log", path)[1]
     return config
 
 
