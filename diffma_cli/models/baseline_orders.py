@@ -14,11 +14,17 @@ Two kinds of orders:
   inverse permutation of the path. It coincides with the path only where the path is its own inverse
   (e.g. the row snakes starting in the top row); the column snakes are then no longer continuous.
   Released checkpoints need the released order; `scan="path"` gives the paper's path.
+
+Orders are built on the CPU even inside a `torch.device("meta")` context (index data, not parameters).
 """
 
 from __future__ import annotations
 
 import torch
+
+from diffma_cli.models.scan_orders import inverse_permutation
+
+_CPU = torch.device("cpu")
 
 #: The eight zigzag (boustrophedon) schemes of the released ZigMa reproduction (`tools.zig1`…`zig8`),
 #: as (snake along columns?, mirror top-bottom?, mirror left-right?) applied to the row snake that starts
@@ -41,17 +47,10 @@ ZIGZAG_SCHEMES: dict[int, tuple[bool, bool, bool]] = {
 CROSS_SCAN_SCHEMES = (1, 2, 7, 8)
 
 
-def inverse_permutation(order: torch.Tensor) -> torch.Tensor:
-    """inverse[order[j]] = j for a permutation `order` (L,) of 0…L−1."""
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), dtype=order.dtype)
-    return inverse
-
-
 def zigzag_visit_numbers(n: int, scheme: int) -> torch.Tensor:
     """(n, n) grid holding, for each cell, its step (0…n²−1) along zigzag `scheme` (1…8)."""
     along_columns, mirror_rows, mirror_cols = ZIGZAG_SCHEMES[scheme]
-    steps = torch.arange(n * n).reshape(n, n)
+    steps = torch.arange(n * n, device=_CPU).reshape(n, n)
     steps[1::2] = steps[1::2].flip(1)  # row snake: every second row runs right to left
     if along_columns:
         steps = steps.T  # cell (i, j) of the column snake is cell (j, i) of the row snake
@@ -88,7 +87,7 @@ def cross_scan_orders(n: int, released: bool) -> torch.Tensor:
 
 def bidirectional_orders(n: int) -> torch.Tensor:
     """ViM (2, n²): raster order forward and backward (path and released order coincide)."""
-    forward = torch.arange(n * n)
+    forward = torch.arange(n * n, device=_CPU)
     return torch.stack([forward, forward.flip(0)])
 
 
@@ -101,7 +100,7 @@ def atrous_orders(n: int) -> torch.Tensor:
     """
     if n % 2:
         raise ValueError(f"the atrous scan needs an even token grid, got {n}×{n}")
-    cells = torch.arange(n * n).reshape(n, n)
+    cells = torch.arange(n * n, device=_CPU).reshape(n, n)
     sub_grids = [
         cells[0::2, 0::2],
         cells[1::2, 0::2].T,  # transposed: read column by column

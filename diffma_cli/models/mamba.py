@@ -113,6 +113,21 @@ class MultiOrderMamba(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, num_tokens, _ = x.shape
+        k = self.orders.shape[0]
+        y = self.scan_orders(x)  # (N, K, Di, L)
+        # Back to token positions (a zero column for tokens an order does not read), merged over orders.
+        y = F.pad(y, (0, 1))  # (N, K, Di, L + 1)
+        index = self.restore[None, :, None, :].expand(batch, k, self.d_inner, num_tokens)
+        y = y.gather(3, index).sum(dim=1)  # (N, Di, T)
+        if self.merge_weight is not None:
+            y = y * self.merge_weight.to(y.dtype)
+        # out_proj has no bias, so projecting the merged sum equals summing K projections (K× cheaper).
+        return self.out_proj(y.transpose(1, 2))  # (N, T, D)
+
+    def scan_orders(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (N, T, D) -> (N, K, Di, L): each order's gated scan output in its reading order, before
+        the merge and `out_proj` (for blocks that merge differently, e.g. the released ViM baseline)."""
+        batch, num_tokens, _ = x.shape
         if num_tokens != self.restore.shape[1]:
             raise ValueError(f"mixer built for {self.restore.shape[1]} tokens, got {num_tokens}")
         k, length = self.orders.shape
@@ -128,11 +143,4 @@ class MultiOrderMamba(nn.Module):
             u, delta, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
             delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
         )  # (N·K, Di, L)
-        # Back to token positions (a zero column for tokens an order does not read), merged over orders.
-        y = F.pad(y.reshape(batch, k, self.d_inner, length), (0, 1))  # (N, K, Di, L + 1)
-        index = self.restore[None, :, None, :].expand(batch, k, self.d_inner, num_tokens)
-        y = y.gather(3, index).sum(dim=1)  # (N, Di, T)
-        if self.merge_weight is not None:
-            y = y * self.merge_weight.to(y.dtype)
-        # out_proj has no bias, so projecting the merged sum equals summing K projections (K× cheaper).
-        return self.out_proj(y.transpose(1, 2))  # (N, T, D)
+        return y.reshape(batch, k, self.d_inner, length)

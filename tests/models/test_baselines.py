@@ -10,19 +10,32 @@ from safetensors.torch import load_file
 
 from diffma_cli.errors import InputError
 from diffma_cli.models import baseline_orders as orders
+from diffma_cli.models import create_model, model_names
 from diffma_cli.models.baselines import BASELINE_FACTORIES
 
 RELEASED = Path(__file__).parents[1] / "data" / "released"
 
-#: Parameter counts of the released code (`model.py`, counted by instantiating its classes, pos_embed
-#: included); the DiT-B/2 and *-BL/2 values are also in REFERENCE.md §1.
+#: Parameter counts of the released code (`model.py`, counted by instantiating its classes on the meta
+#: device, pos_embed included); DiT-B/2 and the *-BL/2 values are also in REFERENCE.md §1. The four Mamba
+#: baselines have identical blocks (one mixer), so identical counts.
+_MAMBA_COUNTS = {
+    "S/2": 14_649_888, "S/4": 14_648_448, "S/7": 14_834_568,
+    "B/2": 27_730_464, "B/4": 27_729_024, "B/7": 27_915_144,
+    "L/2": 53_891_616, "L/4": 53_890_176, "L/7": 54_076_296,
+    "XL/2": 93_133_344, "XL/4": 93_131_904, "XL/7": 93_318_024,
+    "BL/2": 44_081_184,
+}
 RELEASED_COUNTS = {
     "DiT-S/2": 26_765_856, "DiT-S/4": 26_764_416, "DiT-S/7": 26_950_536,
     "DiT-B/2": 51_962_400, "DiT-B/4": 51_960_960, "DiT-B/7": 52_147_080,
     "DiT-L/2": 102_355_488, "DiT-L/4": 102_354_048, "DiT-L/7": 102_540_168,
     "DiT-XL/2": 177_945_120, "DiT-XL/4": 177_943_680, "DiT-XL/7": 178_129_800,
     "DiT-SB/2": 45_663_264,
+    **{f"{family}-{size}": count for family in ("ZigMa", "ViM", "VMamba", "EMamba")
+       for size, count in _MAMBA_COUNTS.items() if not (family == "EMamba" and size.endswith("/4"))},
 }
+#: REFERENCE.md §1 (millions, 3 decimals).
+REFERENCE_MILLIONS = {"DiT-B/2": 51.962, "ZigMa-BL/2": 44.081, "ViM-BL/2": 44.081, "VMamba-BL/2": 44.081}
 
 
 def _count_on_meta(name: str) -> int:
@@ -36,8 +49,14 @@ def test_parameter_count_equals_released(name):
     assert _count_on_meta(name) == RELEASED_COUNTS[name]
 
 
-def test_every_released_name_is_registered():
-    assert set(RELEASED_COUNTS) <= set(BASELINE_FACTORIES)
+def test_counts_agree_with_the_reference_table():
+    for name, millions in REFERENCE_MILLIONS.items():
+        assert round(RELEASED_COUNTS[name] / 1e6, 3) == millions
+
+
+def test_every_released_baseline_is_registered_in_create_model():
+    assert set(RELEASED_COUNTS) == set(BASELINE_FACTORIES)
+    assert set(BASELINE_FACTORIES) <= set(model_names())
 
 
 # --- scan orders -----------------------------------------------------------------------------------
@@ -148,17 +167,42 @@ def _inputs(n: int, size: int, tokens: int, width: int):
             torch.rand(n, tokens, 1, generator=gen))
 
 
-@pytest.mark.parametrize("name", ["DiT-S/2"])
-def test_forward_shape_and_config_round_trip(name):
-    factories = BASELINE_FACTORIES
-    small = dict(input_size=8, hidden_size=16, depth=3)
-    model = factories[name](**small)
-    assert json.loads(json.dumps(model.config)) == model.config
-    assert model.config["name"] == name and model.config["depth"] == 3
-    out = model(*_inputs(2, 8, 16, 16))
-    assert out.shape == (2, 8, 8, 8)
-    rebuilt = factories[model.config["name"]](**{k: v for k, v in model.config.items() if k != "name"})
-    assert rebuilt.config == model.config
+@pytest.mark.parametrize(
+    "name, overrides",
+    [("DiT-S/2", {}), ("ZigMa-S/4", {"scan": "path"}), ("ViM-B/7", {}), ("VMamba-XL/2", {"scan": "path"}),
+     ("EMamba-BL/2", {"d_state": 4})],
+)
+def test_forward_shape_and_config_round_trip(name, overrides):
+    tiny = {"input_size": {"2": 8, "4": 16, "7": 14}[name[-1]], "hidden_size": 16, "depth": 3, **overrides}
+    model = create_model(name, **tiny)
+    config = model.config
+    assert json.loads(json.dumps(config)) == config
+    assert config["name"] == name and all(config[k] == v for k, v in tiny.items())
+    grid = tiny["input_size"] // int(name.split("/")[1])
+    out = model(*_inputs(2, tiny["input_size"], grid * grid, 16))
+    assert out.shape == (2, 8, tiny["input_size"], tiny["input_size"])
+    rebuilt = create_model(**config)
+    assert rebuilt.config == config
+    rebuilt.load_state_dict(model.state_dict())
+
+
+def test_scan_path_changes_only_the_orders():
+    released = create_model("ZigMa-S/2", input_size=12, hidden_size=16, depth=3)
+    path = create_model("ZigMa-S/2", input_size=12, hidden_size=16, depth=3, scan="path")
+    path.load_state_dict(released.state_dict())
+    # block 2 uses the column snake (scheme 2): its released gather is not the path
+    assert not torch.equal(released.blocks[2].mamba.orders, path.blocks[2].mamba.orders)
+    assert torch.equal(path.blocks[2].mamba.orders[0], orders.zigzag_path(6, 2))
+
+
+def test_emamba_refuses_odd_token_grid():
+    with pytest.raises(InputError, match="even token grid"):
+        create_model("EMamba-S/2", input_size=14)
+
+
+def test_unknown_scan_is_refused():
+    with pytest.raises(InputError, match="unknown scan"):
+        create_model("VMamba-S/2", scan="spiral")
 
 
 def test_unknown_override_is_refused_with_valid_keys():
@@ -177,14 +221,15 @@ def _load_reference(family: str):
 
 
 #: reference file -> a registered name of that family (size and patch come from the file's config).
-REFERENCE_NAMES = {"dit": "DiT-B/2"}
+REFERENCE_NAMES = {"dit": "DiT-B/2", "zigma": "ZigMa-BL/2", "vim": "ViM-S/4", "vmamba": "VMamba-B/2",
+                   "emamba": "EMamba-BL/2"}
 
 
 @pytest.mark.parametrize("family", sorted(REFERENCE_NAMES))
 def test_matches_released_code(family):
     config, state, inputs, expected = _load_reference(family)
     overrides = {k: config[k] for k in ("input_size", "patch_size", "hidden_size", "depth")}
-    model = BASELINE_FACTORIES[REFERENCE_NAMES[family]](**overrides).eval()
+    model = create_model(REFERENCE_NAMES[family], **overrides).eval()
     # strict: every released key, with its shape, and nothing else
     model.load_state_dict(state, strict=True)
     with torch.no_grad():
