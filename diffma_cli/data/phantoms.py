@@ -239,8 +239,8 @@ def _paint_brain(rng, canvas: _Canvas, centre, radii) -> np.ndarray:
     del folds
     # Falx (midline dura) with the superior sagittal sinus on top: enhancing tissue.
     canvas.paint("enhancing", brain & (np.abs(x - cx) < 1.0) & (z > cz - 0.1 * c))
-    canvas.paint("enhancing", (np.abs(x - cx) < 3.0) & (brain_depth > -brain_start + inner)
-                 & (brain_depth < 0) & (z > cz + 0.2 * c) & (np.abs(v) < 0.8))
+    canvas.paint("enhancing", (np.abs(x - cx) < 3.0) & (depth > inner) & (depth < brain_start) & cranium
+                 & (z > cz + 0.2 * c) & (np.abs(v) < 0.8))
 
     # Deep grey nuclei and lateral ventricles (size varies with age), third ventricle, choroid plexus.
     vent = rng.uniform(0.7, 1.4)
@@ -288,7 +288,7 @@ def _paint_brain(rng, canvas: _Canvas, centre, radii) -> np.ndarray:
     _, ry = canvas.coords(box)[:2]
     band = (rr < 1) & (rr > 0.82) & (ry < cy)
     canvas.paint("cortical_bone", band, box, over=("muscle", "fat", "skin"))
-    canvas.paint("marrow", band & (rr < 0.96) & (rr > 0.86), box)
+    canvas.paint("marrow", band & (rr < 0.96) & (rr > 0.86), box, over=("cortical_bone",))
 
     # Cervical spine with discs, spinal canal and cord; airway in front of it.
     top = skull_base - 5.0
@@ -304,6 +304,7 @@ def _paint_brain(rng, canvas: _Canvas, centre, radii) -> np.ndarray:
     canvas.paint("spinal_cord", dist < 4.0, box)
     box, dist = canvas.tube((cx, cy - 0.05 * b, 0.0), (cx, cy - 0.05 * b, skull_base - 25.0), 8.0)
     canvas.paint("air", dist < rng.uniform(5.0, 8.0), box)
+    canvas.paint("air", depth <= 0)  # shapes near the surface (sinus walls, mandible) stay inside the skin
     return depth
 
 
@@ -421,6 +422,7 @@ def _paint_pelvis(rng, canvas: _Canvas, centre, radii, z_hip: float, male: bool)
         uterus_c = (cx + rng.uniform(-10, 10), cy + 15.0, bladder_c[2] + bladder_r[2] + 10.0)
         box, rr = canvas.ellipsoid(uterus_c, (rng.uniform(25, 40), rng.uniform(20, 30), rng.uniform(35, 50)))
         canvas.paint("uterus", rr < 1, box)
+    canvas.paint("air", depth <= 0)  # bones and organs stay inside the skin
     return depth
 
 

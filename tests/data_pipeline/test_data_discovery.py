@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import write_case
+from synthrad_cases import write_case
 
 from diffma_cli.data.synthrad import CaseError, check_case, find_cases, load_case
 from diffma_cli.errors import InputError
