@@ -4,7 +4,8 @@
 - another safetensors file: tensors, parameters, dtypes, its metadata;
 - a released `.pt` checkpoint: what it holds (model/ema/opt/args), each state dict recognised as a model,
   optimiser settings and the training options (read safely, see `io/torch_checkpoint.py`);
-- a run folder (a folder with `recipe.yaml`): its recipe, the weights files in it and its checkpoints.
+- a run folder of `diffma train` (run.json, recipe.yaml): what was trained, its recipe, the weights files in
+  it (checkpoints' own files aside) and its checkpoints.
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ from diffma_cli.errors import InputError
 from diffma_cli.io.released_checkpoint import ReleasedCheckpoint, recognise
 from diffma_cli.io.torch_checkpoint import StoredTensor
 from diffma_cli.weights import is_safetensors, read_safetensors_header, stored_config
-
-RECIPE = "recipe.yaml"
-CHECKPOINTS = "checkpoints"
 
 
 def describe(path: str | Path) -> dict[str, Any]:
@@ -111,20 +109,26 @@ def _describe_optimizer(optimizer: Any) -> Any:
 
 
 def describe_run(folder: Path) -> dict[str, Any]:
-    """A run folder: its resolved recipe, the weights files in it and its training checkpoints."""
+    """A run folder of `diffma train` (train/run_folder.py): run.json, recipe, weights files, checkpoints."""
     import yaml
 
-    recipe_path = folder / RECIPE
-    if not recipe_path.is_file():
-        raise InputError(f"is a folder but not a run folder (it has no {RECIPE})", path=folder,
+    from diffma_cli.train.checkpoint import CHECKPOINTS
+    from diffma_cli.train.run_folder import RECIPE, RUN_INFO, read_run_info
+
+    if not (folder / RUN_INFO).is_file() and not (folder / RECIPE).is_file():
+        raise InputError(f"is a folder but not a run folder (it has no {RUN_INFO} or {RECIPE})", path=folder,
                          hint="give a weights file (.safetensors, .pt) or a folder made by diffma train")
-    try:
-        recipe = yaml.safe_load(recipe_path.read_text())
-    except yaml.YAMLError as error:
-        raise InputError(f"unreadable recipe ({error})", path=recipe_path) from None
-    summary: dict[str, Any] = {"folder": str(folder), "format": "run folder", "recipe": recipe}
-    weights = sorted(folder.glob("*.safetensors"))
-    summary["weights"] = [describe_safetensors(path) for path in weights]
+    summary: dict[str, Any] = {"folder": str(folder), "format": "run folder"}
+    if (folder / RUN_INFO).is_file():
+        summary["run"] = read_run_info(folder)
+    if (folder / RECIPE).is_file():
+        try:
+            summary["recipe"] = yaml.safe_load((folder / RECIPE).read_text())
+        except yaml.YAMLError as error:
+            raise InputError(f"unreadable recipe ({error})", path=folder / RECIPE) from None
+    summary["weights"] = [describe_safetensors(path) for path in sorted(folder.rglob("*.safetensors"))
+                          if CHECKPOINTS not in path.relative_to(folder).parts
+                          and not path.name.startswith(".")]
     checkpoints = folder / CHECKPOINTS
     if checkpoints.is_dir():
         summary["checkpoints"] = sorted(entry.name for entry in checkpoints.iterdir()

@@ -100,14 +100,21 @@ def test_info_on_a_run_folder_and_bad_paths(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "recipe.yaml").write_text("model:\n  name: DiffMa-B/2\ntrain:\n  epochs: 50\n")
+    (run / "run.json").write_text('{"kind": "embedder", "finished": true}')
     assert _run("import-weights", BRAIN, "-o", run / "embedder.safetensors").exit_code == 0
     (run / "checkpoints" / "step-0000100").mkdir(parents=True)
+    checkpoint_weights = run / "checkpoints" / "step-0000100" / "ema.safetensors"
+    assert _run("import-weights", BRAIN, "-o", checkpoint_weights).exit_code == 0
     result = _run("info", run, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
+    assert summary["run"] == {"kind": "embedder", "finished": True}
     assert summary["recipe"]["train"]["epochs"] == 50
-    assert [weights["model"] for weights in summary["weights"]] == ["embedder/2"]
+    assert [weights["model"] for weights in summary["weights"]] == ["embedder/2"]  # checkpoints aside
     assert summary["checkpoints"] == ["step-0000100"]
+    result = _run("info", run)
+    assert result.exit_code == 0
+    assert "format: run folder" in result.stdout and "kind: embedder" in result.stdout
 
     assert "no such file" in _one_error_line(_run("info", tmp_path / "missing.safetensors"), 2)
     assert "not a run folder" in _one_error_line(_run("info", tmp_path / "run" / "checkpoints"), 2)
