@@ -195,6 +195,49 @@ def test_scan_path_changes_only_the_orders():
     assert torch.equal(path.blocks[2].mamba.orders[0], orders.zigzag_path(6, 2))
 
 
+def _changed_tokens(mixer, x, token):
+    """Token indices whose mixer output moves when input token `token` is perturbed."""
+    with torch.no_grad():
+        before = mixer(x)
+        bumped = x.clone()
+        bumped[:, token] += 1.0
+        moved = (mixer(bumped) - before).abs().amax(dim=(0, 2)) > 1e-6
+    return set(torch.nonzero(moved).flatten().tolist())
+
+
+@pytest.mark.parametrize("scan", ["released", "path"])
+def test_zigma_mixer_is_causal_along_its_order(scan):
+    model = create_model("ZigMa-S/2", input_size=12, hidden_size=16, depth=3, scan=scan)
+    mixer = model.blocks[2].mamba  # scheme 2, where the released gather and the path differ
+    order = mixer.orders[0]
+    x = torch.randn(1, 36, 16, generator=torch.Generator().manual_seed(1))
+    step = 20
+    changed = _changed_tokens(mixer, x, int(order[step]))
+    # only the perturbed token and the ones read after it (the influence decays along the scan)
+    assert changed <= set(order[step:].tolist())
+    assert set(order[step:step + 3].tolist()) <= changed
+
+
+def test_emamba_mixer_mixes_only_within_a_sub_grid():
+    model = create_model("EMamba-S/2", input_size=12, hidden_size=16, depth=1)
+    x = torch.randn(1, 36, 16, generator=torch.Generator().manual_seed(2))
+    n = 6
+    for token in (0, 7, 13, 35):
+        changed = _changed_tokens(model.blocks[0].mamba, x, token)
+        parity = (token // n % 2, token % n % 2)
+        assert token in changed
+        assert all((t // n % 2, t % n % 2) == parity for t in changed)
+
+
+def test_vim_path_mixer_commutes_with_reversing_the_tokens():
+    # (F(x) + R F(R x)) / 2 with R the token reversal: mixing reversed tokens = reversing the mixed tokens
+    model = create_model("ViM-S/2", input_size=8, hidden_size=16, depth=1, scan="path")
+    mixer = model.blocks[0].mamba
+    x = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(x.flip(1)), mixer(x).flip(1))
+
+
 def test_emamba_refuses_odd_token_grid():
     with pytest.raises(InputError, match="even token grid"):
         create_model("EMamba-S/2", input_size=14)
