@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,15 @@ def save_model(model: nn.Module, path: str | Path, *, overwrite: bool = False,
 
     with atomic_file(path, overwrite) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
+        # safetensors creates its files private (0600); weights are meant to be shared like other outputs
+        os.chmod(temporary, 0o666 & ~_umask())
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _config_json(model: nn.Module) -> str:

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -62,6 +63,9 @@ def test_round_trip_gives_identical_outputs_and_config(tmp_path, tiny_registry):
         metadata = handle.metadata()
     assert metadata["format"] == "diffma" and metadata["diffma_version"] == __version__
     assert json.loads(metadata["config"]) == {"name": "tiny/1", "width": 6, "depth": 3}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # as readable as any other output
 
 
 def test_save_refuses_existing_output_and_other_suffixes(tmp_path, tiny_registry):
