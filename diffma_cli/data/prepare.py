@@ -66,7 +66,7 @@ def prepare_case(case, out: Path, options: PrepareOptions) -> dict:
     try:
         images = load_case(case)
     except CaseError as error:
-        return {"id": case.id, "problem": error.problem}
+        return {"id": case.id, "problem": error.detail}
     ct_image = images["ct"]
     mask = sitk.GetArrayFromImage(images["mask"]) > 0
     mr = sitk.GetArrayFromImage(images["mr"])
@@ -123,7 +123,8 @@ def _run_cases(cases, out: Path, options: PrepareOptions, progress: bool) -> lis
     from tqdm import tqdm
 
     results = []
-    bar = tqdm(total=len(cases), desc="prepare", unit="case", disable=not progress)
+    # disable=None: a bar only on a terminal, so logs and captured stderr hold just messages.
+    bar = tqdm(total=len(cases), desc="prepare", unit="case", disable=None if progress else True)
 
     def collect(result):
         results.append(result)

@@ -81,7 +81,8 @@ def write_synthetic_tree(out: str | Path, anatomies: tuple[str, ...], cases: int
         for anatomy in anatomies:
             (task / anatomy / "overview").mkdir(parents=True)
         rows = {anatomy: [] for anatomy in anatomies}
-        bar = tqdm(total=len(jobs), desc="synth", unit="case", disable=not progress)
+        # disable=None: a bar only on a terminal, so logs and captured stderr hold just messages.
+        bar = tqdm(total=len(jobs), desc="synth", unit="case", disable=None if progress else True)
         if workers <= 1:
             for anatomy, index in jobs:
                 rows[anatomy].append(write_case(task, anatomy, index, seed, scale))

@@ -44,6 +44,7 @@ class CaseError(InputError):
 
     def __init__(self, case_id: str, problem: str, *, path: str | Path | None = None):
         self.case_id = case_id
+        self.detail = problem  # the problem without the case id, for reports that name the case themselves
         super().__init__(f"case {case_id}: {problem}", path=path)
 
 
