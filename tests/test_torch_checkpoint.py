@@ -23,8 +23,6 @@ from diffma_cli.io.torch_checkpoint import (
 )
 
 RELEASED_EMBEDDERS = Path(__file__).parent / "data" / "released-embedder"
-if not RELEASED_EMBEDDERS.is_dir():  # until the files are copied into the repository
-    RELEASED_EMBEDDERS = Path(__file__).parents[2] / "shared" / "weights" / "released-embedder"
 
 
 @pytest.mark.parametrize("name", ["brain_patch_size_2.pt", "pelvis_patch_size_2.pt"])

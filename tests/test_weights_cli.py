@@ -11,8 +11,6 @@ from typer.testing import CliRunner
 from diffma_cli.cli import app
 
 RELEASED_EMBEDDERS = Path(__file__).parent / "data" / "released-embedder"
-if not RELEASED_EMBEDDERS.is_dir():  # until the files are copied into the repository
-    RELEASED_EMBEDDERS = Path(__file__).parents[2] / "shared" / "weights" / "released-embedder"
 BRAIN = RELEASED_EMBEDDERS / "brain_patch_size_2.pt"
 
 

@@ -14,8 +14,6 @@ from diffma_cli.weights import load_model, save_model
 
 DATA = Path(__file__).parent / "data"
 RELEASED_EMBEDDERS = DATA / "released-embedder"
-if not RELEASED_EMBEDDERS.is_dir():  # until the files are copied into the repository
-    RELEASED_EMBEDDERS = Path(__file__).parents[2] / "shared" / "weights" / "released-embedder"
 
 
 def _released_layout(path: Path, weights: dict, args=None) -> Path:
