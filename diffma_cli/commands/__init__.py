@@ -13,6 +13,7 @@ from collections.abc import Callable
 COMMANDS: list[tuple[str, str]] = [
     ("synth", "data:synth"),
     ("prepare", "data:prepare"),
+    ("convert", "convert:convert"),
     ("eval", "evaluate:evaluate"),
     ("import-weights", "weights:import_weights"),
     ("info", "weights:info"),

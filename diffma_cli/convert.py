@@ -1,0 +1,413 @@
+"""CT volume -> synthetic MR volume (or MR -> CT when the run's recipe says so): the library behind
+`diffma convert` (docs/convert.md).
+
+Pipeline for one volume (`convert_volume`), arrays indexed (z, y, x) as SimpleITK gives them:
+
+1. check the input (finite values; a CT must look like Hounsfield units) and find the body: the given body
+   mask, else one computed from the image (CT: `body_mask_from_ct`; MR: the same steps at an Otsu threshold);
+2. normalise as `diffma prepare` did, with the run's recipe: CT window -> [-1, 1], MR per-case percentiles
+   inside the body -> [-1, 1];
+3. slice: every axial slice that holds body, resampled to the recipe's image size (224²) as prepare did
+   (`diffma_cli.data.slicing`); slices without body were never trained on and become background;
+4. per batch of slices: VAE posterior MEAN of the slice (the released code used a posterior sample; the
+   mean removes one source of randomness) times the latent scale, CLIP embedding (zeros without CLIP),
+   embedder soft mask w and tokens y2; then sample the latent with the chosen sampler and decode it; the
+   decoded image is the mean of the VAE's 3 output channels, clipped to [-1, 1];
+5. undo the slicing onto the input grid (slices without body = -1, the normalised background), optionally
+   smooth along z, repeat for `samples` samples (sample k uses seed + k) and take the per-voxel mean and
+   standard deviation (ddof = 1);
+6. `mask=True` sets voxels outside the body to -1 (std to 0); MR -> CT models give HU (`ct_from_unit`).
+
+Output scale: CT -> MR gives prepare's normalised MR scale [-1, 1] (what `diffma eval --modality mr`
+scores); MR -> CT gives HU in the recipe's window. Geometry (size, spacing, origin, direction) is the
+input's. `convert_path` does files, DICOM series folders and folders of volumes (resumable).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffma_cli.config import Recipe
+from diffma_cli.data.normalise import ct_from_unit, ct_to_unit, mr_scaling, mr_to_unit
+from diffma_cli.data.slicing import (
+    BODY_THRESHOLD_HU,
+    body_mask_from_ct,
+    plan_slicing,
+    slice_volume,
+    unslice_volume,
+)
+from diffma_cli.diffusion.gaussian import DIFFUSION_STEPS
+from diffma_cli.diffusion.samplers import SAMPLERS, draw_noise, sample
+from diffma_cli.errors import InputError
+
+NOISE_MODES = ("independent", "shared", "correlated")
+DEFAULT_NOISE = "independent"
+# AR(1) coefficient between the starting noise of neighbouring slices for --noise correlated: a starting
+# point, to be replaced by what the measurements in docs/consistency.md support.
+DEFAULT_NOISE_CORRELATION = 0.9
+# prepare's value outside the body after normalisation (data/prepare.py FILL): air for CT, dark MR.
+BACKGROUND = -1.0
+
+
+@dataclass
+class ConversionModels:
+    """Everything sampling needs, on one device: the run's recipe, EMA backbone, embedder, frozen encoders."""
+
+    recipe: Recipe
+    backbone: torch.nn.Module
+    embedder: torch.nn.Module
+    vae: torch.nn.Module  # diffma_cli.models.vae.FrozenVAE
+    clip: torch.nn.Module  # diffma_cli.models.clip.FrozenClip
+    device: torch.device
+
+    @property
+    def direction(self) -> str:
+        """"ct->mr" or "mr->ct" (recipe data.direction)."""
+        return self.recipe.data.direction
+
+    @property
+    def latent_scale(self) -> float:
+        """The recipe's latent scale, or the VAE's own scaling_factor when the recipe leaves it null."""
+        scale = self.recipe.encoders.latent_scale
+        return float(self.vae.scale if scale is None else scale)
+
+
+def load_models(run_dir: str | Path, device: str = "auto") -> ConversionModels:
+    """Read a diffusion run folder (`load_run`) and its frozen encoders (recipe.encoders) onto `device`.
+
+    `device`: "auto" (CUDA if available), "cpu", "cuda" or "cuda:N"; CUDA where there is none raises
+    EnvironmentProblem. Encoders that are not available offline raise EnvironmentProblem (docs/encoders.md).
+    """
+    from diffma_cli.models.clip import load_clip
+    from diffma_cli.models.vae import load_vae
+    from diffma_cli.train.distributed import resolve_device
+    from diffma_cli.train.run_folder import load_run
+
+    where = resolve_device(device)
+    run = load_run(run_dir)
+    encoders = run.recipe.encoders
+    offline = True if encoders.offline else None  # None: follow HF_HUB_OFFLINE
+    vae = load_vae(encoders.vae, offline=offline, device=where)
+    clip = load_clip(encoders.clip, offline=offline, device=where)
+    backbone, embedder = run.backbone.to(where).eval(), run.embedder.to(where).eval()
+    return ConversionModels(run.recipe, backbone, embedder, vae, clip, where)
+
+
+class StageClock:
+    """Accumulated time per pipeline stage ("vae", "clip", "embedder", "backbone"), for benchmarks.
+
+    On CUDA it records CUDA events (no synchronisation while converting); on the CPU wall-clock time.
+    `seconds()` synchronises once and returns {stage: seconds}.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.events: dict[str, list] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        import time
+
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.events.setdefault(stage, []).append((start, end))
+        else:
+            began = time.perf_counter()
+            yield
+            self.events.setdefault(stage, []).append(time.perf_counter() - began)
+
+    def seconds(self) -> dict[str, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return {stage: sum(start.elapsed_time(end) for start, end in pairs) / 1000  # ms -> s
+                    for stage, pairs in self.events.items()}
+        return {stage: float(sum(times)) for stage, times in self.events.items()}
+
+
+def _no_clock(stage: str):
+    return nullcontext()
+
+
+# ---------------------------------------------------------------- checks and normalisation
+
+def check_input(values: np.ndarray, modality: str, source: str | Path | None = None) -> None:
+    """Raise InputError for NaN/Inf, and for a CT that does not look like Hounsfield units.
+
+    A CT in HU always holds air (about -1000 HU) around the body or as the scanner's fill outside the field
+    of view; a volume without any voxel below the body threshold (-500 HU) is raw unsigned scanner data
+    (0..4095, rescale intercept not applied), an already normalised image or not a CT.
+    """
+    if not np.isfinite(values).all():
+        count = int(values.size - np.isfinite(values).sum())
+        raise InputError(f"holds {count} NaN or infinite voxel(s)", path=source,
+                         hint="fix or re-export the volume")
+    if modality == "ct" and float(values.min()) >= BODY_THRESHOLD_HU:
+        raise InputError(
+            f"does not look like a CT in Hounsfield units: values range from {float(values.min()):g} to "
+            f"{float(values.max()):g} with no air (about -1000 HU)", path=source,
+            hint="apply the DICOM rescale slope/intercept (HU = stored value x slope + intercept, the "
+                 "intercept is usually -1024), or check that the file is a CT")
+
+
+def body_from_image(values: np.ndarray, modality: str, spacing_xyz) -> np.ndarray:
+    """Body mask (bool (z, y, x)) of an input that comes without one.
+
+    CT: `body_mask_from_ct` (threshold -500 HU). MR has no absolute scale: the same steps (largest
+    component, holes filled per slice, 5 mm dilation) at the volume's Otsu threshold.
+    """
+    if modality == "ct":
+        return body_mask_from_ct(values, spacing_xyz)
+    from skimage.filters import threshold_otsu
+
+    return body_mask_from_ct(values, spacing_xyz, threshold_hu=float(threshold_otsu(values)))
+
+
+def normalise_input(values: np.ndarray, modality: str, body: np.ndarray, recipe: Recipe,
+                    source: str | Path | None = None) -> np.ndarray:
+    """The input on prepare's [-1, 1] scale: CT through the recipe's window, MR by its in-body percentiles."""
+    if modality == "ct":
+        return ct_to_unit(values, tuple(recipe.data.ct_window_hu))
+    try:
+        scaling = mr_scaling(values, body, tuple(recipe.data.mr_percentiles))
+    except InputError as error:
+        raise InputError(error.problem, path=source, hint=error.hint) from None
+    return mr_to_unit(values, scaling)
+
+
+# ---------------------------------------------------------------- sampling
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to sample a volume (docs/convert.md); build with `sampling_options`, which checks every value."""
+
+    sampler: str
+    steps: int
+    seed: int
+    samples: int
+    batch_size: int
+    noise: str
+    noise_correlation: float
+    smooth_z: float
+
+
+def sampling_options(recipe: Recipe, *, sampler: str | None = None, steps: int | None = None,
+                     seed: int | None = None, samples: int = 1, batch_size: int | None = None,
+                     noise: str = DEFAULT_NOISE, noise_correlation: float = DEFAULT_NOISE_CORRELATION,
+                     smooth_z: float = 0.0) -> SamplingOptions:
+    """Options with None taken from the recipe's `sampling` section; InputError for the first bad value."""
+    defaults = recipe.sampling
+    options = SamplingOptions(
+        sampler=defaults.sampler if sampler is None else sampler,
+        steps=defaults.steps if steps is None else steps,
+        seed=defaults.seed if seed is None else seed,
+        samples=samples,
+        batch_size=defaults.batch_size if batch_size is None else batch_size,
+        noise=noise, noise_correlation=float(noise_correlation), smooth_z=float(smooth_z))
+    if options.sampler not in SAMPLERS:
+        raise InputError(f"unknown sampler {options.sampler!r}", hint=f"choose one of {', '.join(SAMPLERS)}")
+    if options.noise not in NOISE_MODES:
+        raise InputError(f"unknown noise mode {options.noise!r}",
+                         hint=f"choose one of {', '.join(NOISE_MODES)}")
+    checks = [
+        (1 <= options.steps <= DIFFUSION_STEPS,
+         f"--steps must be between 1 and {DIFFUSION_STEPS}, got {options.steps}"),
+        (options.samples >= 1, f"--samples must be at least 1, got {options.samples}"),
+        (options.batch_size >= 1, f"--batch-size must be at least 1, got {options.batch_size}"),
+        (0.0 < options.noise_correlation <= 1.0,
+         f"--noise-correlation must be in (0, 1], got {options.noise_correlation}"),
+        (math.isfinite(options.smooth_z) and options.smooth_z >= 0.0,
+         f"--smooth-z must be >= 0 voxels, got {options.smooth_z}"),
+    ]
+    for ok, problem in checks:
+        if not ok:
+            raise InputError(problem)
+    return options
+
+
+def starting_noise(shape: tuple[int, ...], noise: str, noise_correlation: float,
+                   generator: torch.Generator) -> torch.Tensor:
+    """(n, C, h, w) starting noise for n slices in z order (CPU float32; see `draw_noise`).
+
+    independent: a fresh draw per slice; shared: one draw repeated on every slice (with a deterministic
+    sampler, equal conditions then give equal slices); correlated: an AR(1) chain along z with coefficient
+    `noise_correlation`, so each slice's noise stays standard normal.
+    """
+    if noise == "shared":
+        return draw_noise((1, *shape[1:]), generator=generator).expand(shape).contiguous()
+    correlation = noise_correlation if noise == "correlated" else 0.0
+    return draw_noise(shape, generator=generator, z_correlation=correlation)
+
+
+def _condition(models: ConversionModels, images: torch.Tensor, clock) -> tuple[torch.Tensor, ...]:
+    """images (b, 1, S, S) in [-1, 1] -> y (b, E) CLIP embedding, y2 (b, T, D) tokens, w (b, T, 1) mask."""
+    with clock("vae"):
+        source = models.vae.encode(images).mean * models.latent_scale  # (b, 4, S/8, S/8)
+    with clock("clip"):
+        if models.clip.visual is None:  # no CLIP: the condition vector carries no image embedding
+            y = torch.zeros(images.shape[0], models.backbone.config["hidden_size"], device=images.device)
+        else:
+            y = models.clip.encode(images)  # (b, E)
+    with clock("embedder"):
+        w, y2 = models.embedder(source)
+    return y, y2, w
+
+
+def _denoiser(models: ConversionModels, y: torch.Tensor, y2: torch.Tensor, w: torch.Tensor, clock):
+    """model_fn(x_t, t) for the samplers: the backbone with this batch's conditions."""
+
+    def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with clock("backbone"):
+            return models.backbone(x_t, t, y, y2, w)  # (b, 2C, h, w): epsilon and variance value
+
+    return model_fn
+
+
+def _decode(models: ConversionModels, latents: torch.Tensor, clock) -> np.ndarray:
+    """Diffusion latents (b, 4, h, w) -> (b, 8h, 8w) float32 images in [-1, 1] (mean of the 3 channels)."""
+    with clock("vae"):
+        # FrozenVAE.decode divides by the VAE's own scale; the recipe may have trained with another one.
+        images = models.vae.decode(latents * (models.vae.scale / models.latent_scale))  # (b, 3, S, S)
+    return images.mean(dim=1).clamp_(-1.0, 1.0).cpu().numpy()
+
+
+@torch.no_grad()
+def sample_slices(models: ConversionModels, slices: np.ndarray, options: SamplingOptions, *,
+                  progress: bool = True, clock=None) -> np.ndarray:
+    """Normalised source slices (n, S, S) in z order -> generated (samples, n, S, S) float32 in [-1, 1].
+
+    Sample k draws from `torch.Generator().manual_seed(seed + k)` (CPU, so a seed gives the same noise on
+    any device): first its starting noise for all n slices, then (ddpm) the ancestral noise batch by batch.
+    bf16 autocast on CUDA.
+    """
+    from tqdm.auto import tqdm
+
+    clock = clock or _no_clock
+    device = models.device
+    latent_side = slices.shape[-1] // models.vae.downsample
+    shape = (len(slices), models.backbone.in_channels, latent_side, latent_side)
+    generators = [torch.Generator().manual_seed(options.seed + k) for k in range(options.samples)]
+    noises = [starting_noise(shape, options.noise, options.noise_correlation, g) for g in generators]
+    out = np.empty((options.samples, *slices.shape), np.float32)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    batches = range(0, len(slices), options.batch_size)
+    bar = tqdm(total=len(batches) * options.samples, desc="sampling slices", unit="batch",
+               disable=not progress, leave=False)
+    with autocast, bar:
+        for start in batches:
+            stop = start + options.batch_size
+            images = torch.from_numpy(slices[start:stop]).to(device)[:, None]  # (b, 1, S, S)
+            model_fn = _denoiser(models, *_condition(models, images, clock), clock)
+            for k in range(options.samples):
+                initial = noises[k][start:stop].to(device)
+                latents = sample(model_fn, tuple(initial.shape), sampler=options.sampler,
+                                 steps=options.steps, generator=generators[k], initial_noise=initial,
+                                 device=device, progress=False)
+                out[k, start:stop] = _decode(models, latents, clock)
+                bar.update()
+    return out
+
+
+# ---------------------------------------------------------------- whole volumes
+
+def smooth_along_z(volume: np.ndarray, sigma: float, z_range: tuple[int, int]) -> np.ndarray:
+    """Gaussian filter of width `sigma` voxels along z over the slices z_range[0]..z_range[1] (inclusive),
+    edges repeated, so the background slices beyond the body do not bleed in. sigma 0 returns `volume`."""
+    if sigma <= 0:
+        return volume
+    from scipy.ndimage import gaussian_filter1d
+
+    first, last = z_range
+    volume = volume.copy()
+    volume[first:last + 1] = gaussian_filter1d(volume[first:last + 1], sigma, axis=0, mode="nearest")
+    return volume
+
+
+def _geometry_matches(image, other, tolerance: float = 1e-3) -> bool:
+    return (image.GetSize() == other.GetSize()
+            and np.allclose(image.GetSpacing(), other.GetSpacing(), atol=tolerance)
+            and np.allclose(image.GetOrigin(), other.GetOrigin(), atol=tolerance)
+            and np.allclose(image.GetDirection(), other.GetDirection(), atol=tolerance))
+
+
+def _output_image(values: np.ndarray, like):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(values.astype(np.float32, copy=False))
+    image.CopyInformation(like)
+    return image
+
+
+def convert_volume(image, models: ConversionModels, *, body_mask=None, sampler: str | None = None,
+                   steps: int | None = None, seed: int | None = None, samples: int = 1,
+                   batch_size: int | None = None, noise: str = DEFAULT_NOISE,
+                   noise_correlation: float = DEFAULT_NOISE_CORRELATION, smooth_z: float = 0.0,
+                   mask: bool = False, progress: bool = True, source: str | Path | None = None, clock=None):
+    """Convert one volume; returns (generated `SimpleITK.Image`, standard-deviation image or None).
+
+    image: the source modality of the run (CT in HU for ct->mr, MR in scanner units for mr->ct), any
+    geometry. body_mask: optional `SimpleITK.Image` on the same grid (voxels > 0 = body), else computed.
+    sampler/steps/seed/batch_size: None takes the recipe's `sampling` section. samples K > 1 returns the
+    per-voxel mean and the standard deviation (ddof 1) of K samples. noise / noise_correlation / smooth_z:
+    the slice-consistency options (docs/consistency.md). mask: voxels outside the body -> background.
+    Both outputs are float32 on the input's grid: [-1, 1] for MR, HU for CT (std in the same units).
+    `source` names the input in error messages; `clock` is a `StageClock` for benchmarks.
+    """
+    import SimpleITK as sitk
+
+    options = sampling_options(models.recipe, sampler=sampler, steps=steps, seed=seed, samples=samples,
+                               batch_size=batch_size, noise=noise, noise_correlation=noise_correlation,
+                               smooth_z=smooth_z)
+    source_modality, target_modality = models.direction.split("->")
+
+    values = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)  # (z, y, x)
+    check_input(values, source_modality, source)
+    spacing = image.GetSpacing()
+    if body_mask is None:
+        body = body_from_image(values, source_modality, spacing)
+    else:
+        if not _geometry_matches(image, body_mask):
+            raise InputError("the body mask's grid (size, spacing, origin, direction) differs from the "
+                             "input's", path=source, hint="give the mask that belongs to this volume")
+        body = sitk.GetArrayFromImage(body_mask) > 0
+    if not body.any():
+        raise InputError("no body found in the volume (an empty body mask)", path=source,
+                         hint="check the input, or give its body mask")
+
+    unit = normalise_input(values, source_modality, body, models.recipe, source)
+    record = plan_slicing(values.shape, spacing, body, models.recipe.data.image_size)
+    slices = slice_volume(unit, record, "linear", BACKGROUND)
+    generated = sample_slices(models, slices, options, progress=progress, clock=clock)
+
+    z_range = (record["slices"][0], record["slices"][-1])
+    total = np.zeros(values.shape, np.float64)
+    squares = np.zeros(values.shape, np.float64) if samples > 1 else None
+    for one in generated:
+        volume = smooth_along_z(unslice_volume(one, record, "linear", BACKGROUND), options.smooth_z, z_range)
+        total += volume
+        if squares is not None:
+            squares += np.square(volume, dtype=np.float64)
+    mean = (total / samples).astype(np.float32)
+    std = None
+    if squares is not None:
+        variance = (squares - samples * np.square(total / samples)) / (samples - 1)
+        std = np.sqrt(np.clip(variance, 0.0, None)).astype(np.float32)
+    if mask:
+        mean[~body] = BACKGROUND
+        if std is not None:
+            std[~body] = 0.0
+    if target_modality == "ct":
+        low, high = models.recipe.data.ct_window_hu
+        mean = ct_from_unit(mean, (low, high))
+        if std is not None:
+            std = std * np.float32((high - low) / 2.0)
+    return _output_image(mean, image), None if std is None else _output_image(std, image)

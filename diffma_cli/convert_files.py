@@ -1,0 +1,174 @@
+"""Files and folders for `diffma convert`: which volumes to convert, where each result goes, resuming.
+
+INPUT is one of
+- a volume file (any SimpleITK format) or a DICOM series folder -> OUTPUT is a volume file;
+- a folder of volumes -> OUTPUT is a folder. Its cases are the volume files directly in it (case = file
+  name without suffix) and its subfolders that hold the run's source modality as `ct.<suffix>` (or
+  `mr.<suffix>` for an MR -> CT run), SynthRAD's layout (case = folder name; a `mask.<suffix>` beside it is
+  used as the body mask). Each case is written as `OUTPUT/<case><suffix>`, the input's suffix.
+
+With --samples K > 1 the standard-deviation map goes beside its volume as `<name>_std<suffix>` (eval
+ignores files not named after a case). Every file is written atomically. A folder run resumes: cases whose
+outputs all exist are skipped unless `overwrite`; a case left half-done (one of its files missing) is
+redone, replacing its own leftover file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diffma_cli.errors import InputError
+from diffma_cli.io.atomic import check_output
+from diffma_cli.io.volumes import VOLUME_SUFFIXES, is_volume_file, read_volume, write_volume
+
+STD_SUFFIX = "_std"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One volume to convert: its name (case id), input, outputs and optional body mask file."""
+
+    name: str
+    input: Path
+    output: Path
+    std_output: Path | None
+    body_mask: Path | None = None
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [self.output] + ([self.std_output] if self.std_output else [])
+
+
+@dataclass
+class ConvertResult:
+    """What `convert_path` did: files written and outputs skipped because they were already finished."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+
+
+def split_suffix(name: str) -> tuple[str, str]:
+    """`1BA001.nii.gz` -> ("1BA001", ".nii.gz"); ("name", "") when no volume suffix matches."""
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], name[-len(suffix):]
+    return name, ""
+
+
+def std_path(output: Path) -> Path:
+    """Where the standard-deviation map of `output` goes: `<stem>_std<suffix>` beside it."""
+    stem, suffix = split_suffix(output.name)
+    return output.with_name(f"{stem}{STD_SUFFIX}{suffix}")
+
+
+def _find_named(folder: Path, stem: str) -> Path | None:
+    candidates = (folder / f"{stem}{suffix}" for suffix in VOLUME_SUFFIXES)
+    found = [path for path in candidates if is_volume_file(path)]
+    if len(found) > 1:
+        names = ", ".join(path.name for path in found)
+        raise InputError(f"holds {len(found)} '{stem}' volumes ({names})", path=folder,
+                         hint="keep one per case folder")
+    return found[0] if found else None
+
+
+def folder_cases(folder: Path, source_modality: str) -> list[tuple[str, Path, Path | None]]:
+    """(case, input volume, body mask or None) for the cases of a folder of volumes (module docstring)."""
+    cases = []
+    for entry in sorted(folder.iterdir()):
+        if is_volume_file(entry):
+            cases.append((split_suffix(entry.name)[0], entry, None))
+        elif entry.is_dir() and not entry.name.startswith("."):
+            volume = _find_named(entry, source_modality)
+            if volume is not None:
+                cases.append((entry.name, volume, _find_named(entry, "mask")))
+    names = [name for name, _, _ in cases]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise InputError(f"case {duplicates[0]} appears twice (a file and a folder, or two suffixes)",
+                         path=folder, hint="keep one volume per case")
+    return cases
+
+
+def plan_jobs(input_path: str | Path, output: str | Path, source_modality: str, samples: int,
+              body_mask: str | Path | None = None) -> tuple[list[Job], bool]:
+    """The conversions INPUT -> OUTPUT asks for, and whether this is folder mode (module docstring)."""
+    input_path, output = Path(input_path), Path(output)
+    if not input_path.exists():
+        raise InputError("no such file or folder", path=input_path)
+    cases = folder_cases(input_path, source_modality) if input_path.is_dir() else []
+    if not cases:  # a volume file or a DICOM series folder
+        stem, suffix = split_suffix(output.name)
+        if not suffix:
+            raise InputError("the output needs a volume suffix", path=output,
+                             hint=f"name it e.g. {output.name}.nii.gz (any of {', '.join(VOLUME_SUFFIXES)})")
+        std = std_path(output) if samples > 1 else None
+        mask = Path(body_mask) if body_mask is not None else None
+        return [Job(stem, input_path, output, std, mask)], False
+    if body_mask is not None:
+        raise InputError("--body-mask is for one volume; in a folder each case's mask.<suffix> is used",
+                         path=body_mask)
+    if output.exists() and not output.is_dir():
+        raise InputError("the input is a folder of volumes, so the output must be a folder; this is a file",
+                         path=output)
+    if output.resolve() == input_path.resolve():
+        raise InputError("the output folder is the input folder", path=output, hint="choose another folder")
+    jobs = []
+    for name, volume, mask in cases:
+        target = output / f"{name}{split_suffix(volume.name)[1]}"
+        jobs.append(Job(name, volume, target, std_path(target) if samples > 1 else None, mask))
+    return jobs, True
+
+
+def convert_path(input_path: str | Path, output: str | Path, run_dir: str | Path, *, device: str = "auto",
+                 overwrite: bool = False, body_mask: str | Path | None = None, mask: bool = False,
+                 progress: bool = True, **sampling) -> ConvertResult:
+    """Convert a volume file, DICOM series folder or folder of volumes with the run in `run_dir`.
+
+    `sampling`: `sampling_options`' keywords (sampler, steps, seed, samples, batch_size, noise,
+    noise_correlation, smooth_z; None = the recipe's). `mask`, `body_mask`: see `convert_volume` (a
+    body-mask file is for one volume). Options, outputs and (for one volume) the input are checked before
+    the models load: an existing output without `overwrite` raises OutputError (one volume) or is skipped
+    (folder mode: resuming).
+    """
+    from tqdm.auto import tqdm
+
+    from diffma_cli.config import load_recipe
+    from diffma_cli.convert import convert_volume, load_models, sampling_options
+    from diffma_cli.train.run_folder import RECIPE, read_run_info
+
+    read_run_info(run_dir)  # a clear error for a folder that is not a run, before anything else
+    recipe = load_recipe(Path(run_dir) / RECIPE)
+    options = sampling_options(recipe, **sampling)
+    jobs, folder_mode = plan_jobs(input_path, output, recipe.data.direction.split("->")[0], options.samples,
+                                  body_mask)
+    result = ConvertResult()
+    todo = []
+    for job in jobs:
+        if folder_mode and not overwrite and all(path.exists() for path in job.outputs):
+            result.skipped.append(job.output)
+            continue
+        for path in job.outputs:
+            # Folder mode: the leftover file of a half-done case is ours to replace.
+            check_output(path, overwrite or (folder_mode and path.exists()))
+        todo.append(job)
+    if not todo:
+        return result
+    first = None if folder_mode else _read(todo[0])  # one volume: input errors before the models load
+    models = load_models(run_dir, device)
+    for job in tqdm(todo, desc="volumes", unit="volume", disable=not (progress and folder_mode)):
+        image, mask_image = first if first is not None else _read(job)
+        generated, std = convert_volume(image, models, body_mask=mask_image, mask=mask, progress=progress,
+                                        source=job.input, **vars(options))
+        replace = overwrite or folder_mode
+        if std is not None:
+            result.written.append(write_volume(std, job.std_output, overwrite=replace))
+        result.written.append(write_volume(generated, job.output, overwrite=replace))
+    return result
+
+
+def _read(job: Job):
+    """(image, body mask image or None) of a job."""
+    image = read_volume(job.input)
+    mask = read_volume(job.body_mask) if job.body_mask is not None else None
+    return image, mask
