@@ -38,6 +38,9 @@ def test_import_weights_then_info(tmp_path):
     assert summary["model"] == "embedder/2" and summary["parameters"] == 15938
     assert summary["config"]["patch_size"] == 2 and summary["dtypes"] == ["F32"]
     assert summary["provenance"]["source"] == BRAIN.name and summary["provenance"]["weights"] == "ema"
+    # the sha256 published with the file (tests/data/released-embedder/README.md)
+    published = "390d441bf374345eca3e727e0accf1d62e4b7fd33dcfcecd974c9f9bdbb1b27d"
+    assert summary["provenance"]["sha256"] == published
     assert summary["provenance"]["args"]["epochs"] == 100  # the released training options travel along
 
     result = _run("info", output)

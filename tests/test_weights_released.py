@@ -194,3 +194,14 @@ def test_dictconfig_options_name_the_model_without_omegaconf(tmp_path, monkeypat
 
     assert describe(path)["args"] == {"model": "DiffMa-S/2", "epochs": 50, "lr": 1e-4}
     assert not any(module.split(".")[0] == "omegaconf" for module in sys.modules)
+
+
+def test_released_checkpoint_with_missing_or_unexpected_keys_is_refused(tmp_path):
+    state = _tiny_diffma().state_dict()
+    extra = {**state, "blocks.0.mamba1.dt_bias": torch.zeros(64)}  # a Mamba-2 key diffma does not have
+    with pytest.raises(InputError, match=r"1 are not part of DiffMa-\S+ \(blocks\.0\.mamba1\.dt_bias\)"):
+        load_model(_released_layout(tmp_path / "extra.pt", extra))
+    partial = {key: value for key, value in state.items() if not key.startswith("t_embedder.")}
+    with pytest.raises(InputError, match=r"4 weights of DiffMa-\S+ are missing \(t_embedder\.mlp\.0\."):
+        load_model(_released_layout(tmp_path / "partial.pt", partial))
+
