@@ -97,9 +97,10 @@ def sample(model_fn: ModelFn, shape: tuple[int, ...], sampler: str = DEFAULT_SAM
         x = initial_noise.to(device=device, dtype=torch.float32)
     x = x * scheduler.init_noise_sigma  # 1 for all three; kept so other schedulers stay correct
     channels = shape[1]
-    for t in tqdm(scheduler.timesteps, desc=f"{sampler} sampling", unit="step", disable=not progress,
-                  leave=False):
-        t_batch = torch.full((shape[0],), int(t), dtype=torch.int64, device=x.device)
+    for timestep in tqdm(scheduler.timesteps, desc=f"{sampler} sampling", unit="step",
+                         disable=not progress, leave=False):
+        t = int(timestep)  # a Python int indexes the schedulers' CPU tables whatever device x is on
+        t_batch = torch.full((shape[0],), t, dtype=torch.int64, device=x.device)
         output = model_fn(scheduler.scale_model_input(x, t), t_batch).float()
         if output.shape[1] != 2 * channels:
             raise ValueError(f"model output has {output.shape[1]} channels, expected {2 * channels} "

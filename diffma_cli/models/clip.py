@@ -93,14 +93,15 @@ class FrozenClip(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images (N, 1|3, S, S) in [-1, 1] (S = image_size, 224 for BiomedCLIP) -> float32 (N, embed_dim)."""
-        images = to_three_channels(images)
+        """images (N, 1|3, S, S) in [-1, 1] (S = image_size, 224 for BiomedCLIP) -> float32 (N, embed_dim)
+        on the tower's device."""
+        images = to_three_channels(images).to(self.mean.device)
         if self.visual is None:
             return torch.zeros(images.shape[0], self.embed_dim, device=images.device)
         if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
             raise ValueError(f"CLIP expects {self.image_size}² images, got {tuple(images.shape[-2:])}")
         if self.normalize == "clip":
-            images = ((images + 1) / 2 - self.mean) / self.std
+            images = ((images.float() + 1) / 2 - self.mean.float()) / self.std.float()
         dtype = next(self.visual.parameters()).dtype
         return self.visual(images.to(dtype)).float()
 
@@ -183,6 +184,7 @@ def load_clip(source: str = BIOMEDCLIP_HUB_ID, *, offline: bool | None = None, n
     Raises EnvironmentProblem when hub weights are not reachable (offline: `offline` or HF_HUB_OFFLINE),
     InputError / UnsafeFileError for files that are not a usable CLIP image tower.
     """
+    source = source.removeprefix("hf-hub:")  # open_clip's spelling of a hub id
     if source == NONE:
         clip = FrozenClip(None, dict(BIOMEDCLIP_VISION), normalize, source=source)
     elif source == TINY:

@@ -80,13 +80,18 @@ class FrozenVAE(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.autoencoder.dtype
 
+    @property
+    def device(self) -> torch.device:
+        return self.autoencoder.device
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> Posterior:
-        """images (N, 1|3, H, W) in [-1, 1], H and W multiples of 8 -> float32 posterior (unscaled)."""
+        """images (N, 1|3, H, W) in [-1, 1], H and W multiples of 8 -> float32 posterior (unscaled), on the
+        VAE's device."""
         images = to_three_channels(images)
         if images.shape[-1] % self.downsample or images.shape[-2] % self.downsample:
             raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of {self.downsample}")
-        posterior = self.autoencoder.encode(images.to(self.dtype)).latent_dist
+        posterior = self.autoencoder.encode(images.to(self.device, self.dtype)).latent_dist
         return Posterior(posterior.mean.float(), posterior.std.float())
 
     def latents(self, posterior: Posterior, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -98,7 +103,7 @@ class FrozenVAE(nn.Module):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Diffusion latents (N, 4, h, w), i.e. scaled, -> float32 images (N, 3, 8h, 8w), about [-1, 1]."""
-        return self.autoencoder.decode((latents / self.scale).to(self.dtype)).sample.float()
+        return self.autoencoder.decode((latents / self.scale).to(self.device, self.dtype)).sample.float()
 
 
 def tiny_autoencoder(seed: int = 0) -> AutoencoderKL:
