@@ -45,10 +45,7 @@ def save_model(model: nn.Module, path: str | Path, *, overwrite: bool = False,
     `load_model(path)` rebuilds the same model. `provenance` (JSON-serialisable) is stored as it is.
     An existing `path` is replaced only with `overwrite=True` (else `OutputError`).
     """
-    path = Path(path)
-    if path.suffix != SUFFIX:
-        raise InputError(f"weights are written as {SUFFIX} files", path=path, hint=f"name it *{SUFFIX}")
-    check_output(path, overwrite)
+    path = _check_destination(path, overwrite)
     metadata = {"format": FORMAT, "diffma_version": __version__, "config": _config_json(model)}
     if provenance is not None:
         metadata["provenance"] = json.dumps(provenance, sort_keys=True)
@@ -60,6 +57,13 @@ def save_model(model: nn.Module, path: str | Path, *, overwrite: bool = False,
         # safetensors creates its files private (0600); weights are meant to be shared like other outputs
         os.chmod(temporary, 0o666 & ~_umask())
     return path
+
+
+def _check_destination(path: str | Path, overwrite: bool) -> Path:
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        raise InputError(f"weights are written as {SUFFIX} files", path=path, hint=f"name it *{SUFFIX}")
+    return check_output(path, overwrite)
 
 
 def _umask() -> int:
@@ -249,7 +253,7 @@ def import_released(source: str | Path, destination: str | Path, *, ema: bool = 
     The output records where it came from (file name, sha256, EMA or raw weights, the training options).
     """
     source = _existing_file(source)
-    check_output(destination, overwrite)  # fail before the (possibly long) read
+    _check_destination(destination, overwrite)  # fail before the (possibly long) read
     model = load_model(source, ema=ema, **overrides)
     provenance: dict[str, Any] = {"source": source.name, "sha256": file_sha256(source)}
     if not is_safetensors(source):

@@ -77,6 +77,12 @@ def test_malicious_checkpoint_is_refused_and_nothing_runs(tmp_path):
     assert not marker.exists() and not output.exists()
 
 
+def test_output_must_be_safetensors(tmp_path):
+    line = _one_error_line(_run("import-weights", BRAIN, "-o", tmp_path / "embedder.pt"), 2)
+    assert "weights are written as .safetensors files" in line
+    assert not (tmp_path / "embedder.pt").exists()
+
+
 def test_wrong_patch_size_is_one_clear_line(tmp_path):
     line = _one_error_line(_run("import-weights", BRAIN, "-o", tmp_path / "e.safetensors", "--model",
                                 "embedder/4"), 2)
