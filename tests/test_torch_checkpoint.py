@@ -261,3 +261,12 @@ def test_options_with_cycles_and_exponential_sharing_stay_small(tmp_path):
     plain = plain_data(read_torch_checkpoint(path)["args"], max_items=1000)
     assert plain["name"] == "run" and plain["itself"] == "..."
     assert len(repr(plain)) < 100_000
+
+
+def test_options_holding_bytes_and_sets_are_read(tmp_path):
+    path = tmp_path / "bytes.pt"
+    options = argparse.Namespace(tag=b"\x00\xffraw", splits={"train", "val"}, shape=(1, 2))
+    torch.save({"model": {}, "args": options}, path)  # protocol 2: bytes via _codecs.encode, set via REDUCE
+    args = read_torch_checkpoint(path)["args"]
+    assert args.state == {"tag": b"\x00\xffraw", "splits": {"train", "val"}, "shape": (1, 2)}
+

@@ -5,7 +5,8 @@ the saved object whose tensors refer, through pickle "persistent ids", to raw st
 A plain unpickle can call any importable function the file names, so a checkpoint from the internet can run
 arbitrary code. We unpickle with `find_class` restricted to an allow-list:
 
-- `collections.OrderedDict`, and builtin containers and scalars (`dict`, `list`, `set`, `int`, ...);
+- `collections.OrderedDict`, builtin containers and scalars (`dict`, `list`, `set`, `int`, ...) and the
+  latin-1 `_codecs.encode` with which protocol-2 pickles restore `bytes`;
 - `torch._utils._rebuild_tensor_v2` and the typed storage names (`torch.FloatStorage`, ...), which we answer
   with our own functions: a tensor becomes a `StoredTensor` that records dtype, shape, strides and storage
   key, and is read from the archive only when asked (so listing a 5 GB checkpoint costs nothing);
@@ -40,9 +41,9 @@ _LEGACY_MAGIC = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 # Builtins that only build plain data when a pickle calls them.
+# (`bytes` is left out: bytes(n) would allocate n bytes; protocol 2 pickles bytes as _codecs.encode instead.)
 _SAFE_BUILTINS = {name: getattr(builtins, name) for name in
-                  ("dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "str", "bytes",
-                   "bool")}
+                  ("dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "str", "bool")}
 
 # Modules whose classes only carry training options: they become InertObjects (see module docstring).
 _INERT_PACKAGES = ("omegaconf", "typing")
@@ -195,6 +196,13 @@ class _StateKeepingOrderedDict(OrderedDict):
         self.pickled_state = state
 
 
+def _latin1_bytes(text, encoding="latin1") -> bytes:
+    """How protocol-2 pickles restore a bytes object: `_codecs.encode(text, "latin1")`; nothing else."""
+    if not (isinstance(text, str) and encoding == "latin1"):
+        raise pickle.UnpicklingError("malformed bytes record")
+    return text.encode("latin1")
+
+
 def _plain_dict(*_default_factory) -> dict:
     return {}
 
@@ -219,6 +227,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _plain_dict  # (omegaconf's resolver cache); its default factory is never kept or called
         if module == "builtins" and name in _SAFE_BUILTINS:
             return _SAFE_BUILTINS[name]
+        if module == "_codecs" and name == "encode":
+            return _latin1_bytes
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
             return _rebuild_stored_tensor
         if module == "torch" and name in self.storage_dtypes:
