@@ -72,6 +72,11 @@ class PreparedSlices(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def __getstate__(self) -> dict:
+        # DataLoader workers started with spawn receive a pickled copy: send paths, not memory maps (which
+        # would pickle as full in-memory arrays); each worker reopens them lazily.
+        return {**self.__dict__, "_arrays": {}}
+
     def case_arrays(self, case_id: str) -> dict[str, np.ndarray]:
         """Memory-mapped arrays of one case: {"ct", "mr": float16, "mask": uint8}, each (n, 224, 224)."""
         if case_id not in self._arrays:

@@ -1,10 +1,12 @@
 """diffma synth -> diffma prepare end to end, the dataset, undoing the slicing, and every bad input."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from synthrad_cases import write_case
 from typer.testing import CliRunner
 
@@ -89,6 +91,9 @@ def test_dataset_items(synthetic):
     assert item["case"] == last and item["slice"] == manifest["cases"][last]["slicing"]["slices"][-1]
     with pytest.raises(InputError, match="split 'extra'"):
         PreparedSlices(synthetic / "data", "extra")
+    copy = pickle.loads(pickle.dumps(dataset))  # as DataLoader workers get it: no arrays, same items
+    assert copy._arrays == {} and len(pickle.dumps(dataset)) < 100_000
+    assert all(torch.equal(copy[0][m], dataset[0][m]) for m in ("ct", "mr", "mask"))
 
 
 def test_undoing_the_slicing_reproduces_the_volumes(synthetic):

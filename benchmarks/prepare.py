@@ -1,0 +1,83 @@
+"""Benchmark `diffma synth` and `diffma prepare` on synthetic brain cases (SynthRAD-sized, 1 mm grid).
+
+Each command runs as its own process (as a user runs it); wall time is measured around it, CPU time is the
+user + system time of all its processes (independent of what else runs on a shared machine), and peak memory
+is the largest resident set of any process of the run (getrusage of the children: the main process or one
+worker, not their sum). Prints one Markdown table row per run, for docs/benchmarks.md.
+
+    python benchmarks/prepare.py --cases 20 --workers 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# One wrapper process per measured command, so that ru_maxrss of its children belongs to that command alone.
+_MEASURE = """
+import resource, subprocess, sys, time
+start = time.perf_counter()
+code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)
+wall = time.perf_counter() - start
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(code, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
+"""
+
+
+def measure(command: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS in MiB) of one command; stops the benchmark if it fails."""
+    out = subprocess.run([sys.executable, "-c", _MEASURE, *command], capture_output=True, text=True,
+                         check=True)
+    code, wall, cpu, rss_kib = out.stdout.split()
+    if int(code) != 0:
+        raise SystemExit(f"failed ({code}): {' '.join(command)}")
+    return float(wall), float(cpu), int(rss_kib) / 1024
+
+
+def folder_mib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=20)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scratch", type=Path, default=None, help="work folder (default: a temporary one)")
+    args = parser.parse_args()
+    scratch = Path(args.scratch or tempfile.mkdtemp(prefix="diffma-bench-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    diffma = [sys.executable, "-m", "diffma_cli"]
+    print(f"# {os.cpu_count()} CPUs, load average before: {os.getloadavg()[0]:.1f}")
+    print("| step | cases | workers | wall s | CPU s | CPU s/case | peak RSS MiB | output MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    try:
+        source = scratch / "synth"
+        for workers in args.workers:
+            shutil.rmtree(source, ignore_errors=True)
+            wall, cpu, rss = measure([*diffma, "synth", str(source), "--anatomy", "brain", "--cases",
+                                 str(args.cases), "--seed", str(args.seed), "--workers", str(workers)])
+            print(f"| synth | {args.cases} | {workers} | {wall:.1f} | {cpu:.1f} | {cpu / args.cases:.2f} "
+                  f"| {rss:.0f} | {folder_mib(source):.0f} |", flush=True)
+        for workers in args.workers:
+            data = scratch / f"data-{workers}"
+            shutil.rmtree(data, ignore_errors=True)
+            wall, cpu, rss = measure([*diffma, "prepare", str(source / "Task1"), "-o", str(data), "--anatomy",
+                                 "brain", "--workers", str(workers)])
+            slices = sum(json.loads((data / "manifest.json").read_text())["slice_counts"].values())
+            print(f"| prepare ({slices} slices) | {args.cases} | {workers} | {wall:.1f} | {cpu:.1f} | "
+                  f"{cpu / args.cases:.2f} | {rss:.0f} | {folder_mib(data):.0f} |", flush=True)
+    finally:
+        if args.scratch is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    print(f"# load average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
