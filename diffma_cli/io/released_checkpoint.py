@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from diffma_cli.errors import InputError
-from diffma_cli.io.torch_checkpoint import StoredTensor, load_tensors, plain_data, read_torch_checkpoint
+from diffma_cli.io.torch_checkpoint import StoredTensor, plain_data, read_torch_checkpoint
 
 #: Depth of each released size letter (`model.py`): S 4, B 8, L 16, XL 28, XXL 56, and the 13-layer "BL"
 #: baselines and 7-layer "SB" DiT the paper compares at matched parameter counts.
@@ -76,10 +76,6 @@ class ReleasedCheckpoint:
             raise InputError("does not hold a state dict of tensors where the released code puts its weights",
                              path=self.path)
         return dict(weights)
-
-    def weights(self, ema: bool = True) -> dict[str, Any]:
-        """`stored_weights` read into torch tensors."""
-        return load_tensors(self.stored_weights(ema))
 
     def args(self) -> dict[str, Any] | None:
         """The training options as plain data (Namespace/DictConfig -> dict), or None if absent."""
