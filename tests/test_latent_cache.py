@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from diffma_cli.data.latent_cache import LatentCache, default_cache_file, ensure_latent_cache
 from diffma_cli.errors import InputError
@@ -92,3 +92,27 @@ def test_unreadable_cache_is_rebuilt_and_bad_arguments_are_user_errors(tmp_path,
         LatentCache(tmp_path / "missing.safetensors")
     with pytest.raises(InputError, match="CLIP can encode"):
         ensure_latent_cache(StandInSlices(1), path, vae, clip, clip_of="mask", progress=False)
+
+
+def test_cache_over_prepared_slices_equals_direct_encoding(tmp_path, encoders):
+    """The real data path: diffma synth -> prepare -> PreparedSlices -> cache."""
+    from diffma_cli.data.dataset import PreparedSlices
+    from diffma_cli.data.prepare import PrepareOptions, prepare
+    from diffma_cli.data.synth import write_synthetic_tree
+
+    vae, clip = encoders
+    write_synthetic_tree(tmp_path / "src", ("brain",), cases=3, seed=1, size="small", progress=False)
+    prepare(tmp_path / "src" / "Task1", tmp_path / "data", PrepareOptions(fractions=(0.4, 0.3, 0.3)),
+            progress=False)
+    prepared = PreparedSlices(tmp_path / "data", "val")
+    slices = Subset(prepared, range(0, len(prepared), 8))  # every 8th slice keeps the test short
+    path = ensure_latent_cache(slices, default_cache_file(tmp_path / "data", "val"), vae, clip,
+                               batch_size=16, progress=False)
+    cache = LatentCache(path)
+    assert len(cache) == len(slices) > 0
+    for i in (0, len(slices) - 1):
+        raw = slices[i]
+        torch.testing.assert_close(cache[i]["target_mean"], vae.encode(raw["mr"][None]).mean[0],
+                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cache[i]["clip"], clip.encode(raw["ct"][None])[0], rtol=1e-5, atol=1e-5)
+        assert (cache[i]["case"], cache[i]["slice"]) == (raw["case"], raw["slice"])
