@@ -38,6 +38,9 @@ def test_vae_latents_are_scaled_samples_and_decode_unscales():
     noise = torch.randn(posterior.mean.shape, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(latents, (posterior.mean + posterior.std * noise) * 0.18215)
     decoded = vae.decode(latents)
+    rescaled = load_vae("tiny", scale=0.5)
+    assert rescaled.scale == 0.5 and rescaled.identity == vae.identity
+    torch.testing.assert_close(rescaled.decode(latents * 0.5 / 0.18215), decoded, rtol=1e-4, atol=1e-4)
     assert decoded.shape == (2, 3, 224, 224)
     with torch.no_grad():
         expected = tiny_autoencoder().decode(latents / 0.18215).sample

@@ -139,13 +139,18 @@ def _load_autoencoder(source: str, config: str | None, offline: bool) -> Autoenc
 
 
 def load_vae(source: str = SD_VAE_HUB_ID, *, config: str | None = None, offline: bool | None = None,
-             device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> FrozenVAE:
+             device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+             scale: float | None = None) -> FrozenVAE:
     """Load a frozen VAE from "tiny", a hub id, a diffusers folder or a single weights file.
 
     `config`: a local folder (or hub id) with the AutoencoderKL config.json, needed for a single file.
     `offline`: only use local files (default: HF_HUB_OFFLINE). Raises EnvironmentProblem when weights are
-    not reachable, InputError for a path that is not a usable VAE.
+    not reachable, InputError for a path that is not a usable VAE. `scale` replaces the config's
+    `scaling_factor` (a recipe's `encoders.latent_scale`); it is not part of the identity, because the
+    posterior does not depend on it.
     """
     vae = FrozenVAE(_load_autoencoder(source, config, offline_requested(offline)), source)
     vae.identity["dtype"] = str(dtype).removeprefix("torch.")
+    if scale is not None:
+        vae.scale = float(scale)
     return vae.to(device=device, dtype=dtype)
