@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from diffma_cli import __version__
-from diffma_cli.config import Recipe, TrainingConfig, save_recipe
+from diffma_cli.config import Recipe, TrainingConfig, apply_overrides, save_recipe
 from diffma_cli.errors import InputError
 from diffma_cli.train import run_folder
 from diffma_cli.train.distributed import Processes, barrier, processes
@@ -32,12 +32,24 @@ def file_sha256(path: Path) -> str:
 
 
 def data_reference(data_dir: Path) -> dict:
-    """Which prepared data set a run used: its folder and the fingerprint of its manifest."""
-    from diffma_cli.data.dataset import MANIFEST
+    """Which prepared data set a run used: its folder, the sha256 of its manifest and its normalisation."""
+    from diffma_cli.data.dataset import load_manifest
 
-    manifest = Path(data_dir) / MANIFEST
-    return {"path": str(Path(data_dir).resolve()), "manifest": MANIFEST,
-            "manifest_sha256": file_sha256(manifest) if manifest.is_file() else None}
+    manifest = load_manifest(data_dir)
+    options = manifest.get("options", {})
+    return {"path": str(Path(data_dir).resolve()), "manifest": "manifest.json",
+            "manifest_sha256": file_sha256(Path(data_dir) / "manifest.json"),
+            "ct_window": options.get("ct_window"), "mr_percentiles": options.get("mr_percentiles"),
+            "slice_counts": manifest.get("slice_counts")}
+
+
+def with_data_normalisation(recipe: Recipe, reference: dict) -> Recipe:
+    """The recipe with the CT window and MR percentiles the data was actually prepared with, so that the
+    run's recipe.yaml tells `convert` how to normalise new scans the same way."""
+    changes = {key: reference[name] for key, name in (("data.ct_window_hu", "ct_window"),
+                                                       ("data.mr_percentiles", "mr_percentiles"))
+               if reference.get(name) is not None}
+    return apply_overrides(recipe, changes)
 
 
 def open_slices(data_dir: Path, split: str):
@@ -97,14 +109,15 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, recipe: Recipe, *, devi
     from diffma_cli.train.vae import SlicesOfBothModalities, VAETask, latent_std, reconstruction_psnr
 
     data_dir = Path(data_dir)
+    data = data_reference(data_dir)
+    recipe = with_data_normalisation(recipe, data)
 
     def build(where: Processes) -> VAETask:
         return VAETask(recipe.vae, SlicesOfBothModalities(open_slices(data_dir, "train")),
                        recipe.data.image_size)
 
     def info(task: VAETask) -> dict:
-        return {"data": data_reference(data_dir), "model": {"class": "AutoencoderKL",
-                                                            **_plain(task.model.vae.config)}}
+        return {"data": data, "model": {"class": "AutoencoderKL", **_plain(task.model.vae.config)}}
 
     def export(task: VAETask, result: FitResult, run_dir: Path) -> dict:
         vae = result.ema.vae
@@ -135,3 +148,161 @@ def _save_pretrained(vae, run_dir: Path) -> None:
             os.replace(file, run_dir / file.name)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- latent cache
+
+def latent_dataset(data_dir: Path, recipe: Recipe, split: str, where: Processes, progress: bool):
+    """The latent cache of one split (built by rank 0 if missing or made by other encoders), read by all.
+
+    Returns (LatentCache, latent scale): the recipe's `encoders.latent_scale` or else the VAE's own.
+    """
+    from diffma_cli.data.latent_cache import LatentCache, default_cache_file, ensure_latent_cache
+    from diffma_cli.models.clip import load_clip
+    from diffma_cli.models.vae import load_vae
+
+    cache_file = default_cache_file(data_dir, split)
+    if where.is_main:
+        offline = True if recipe.encoders.offline else None  # False: as HF_HUB_OFFLINE says
+        vae = load_vae(recipe.encoders.vae, offline=offline, device=where.device)
+        clip = load_clip(recipe.encoders.clip, offline=offline, device=where.device)
+        source = recipe.data.direction.split("->")[0]
+        ensure_latent_cache(open_slices(data_dir, split), cache_file, vae, clip, clip_of=source,
+                            data_key=file_sha256(data_dir / "manifest.json"), device=where.device,
+                            progress=progress)
+        del vae, clip
+    barrier(where)
+    cache = LatentCache(cache_file, recipe.data.direction)
+    scale = recipe.encoders.latent_scale if recipe.encoders.latent_scale is not None else cache.scale
+    return cache, scale
+
+
+def _encoder_record(cache, scale: float) -> dict:
+    return {"vae": cache.key.get("vae"), "clip": cache.key.get("clip"), "latent_scale": scale}
+
+
+# ---------------------------------------------------------------- train-embedder
+
+def embedder_name(recipe: Recipe) -> tuple[str, dict]:
+    """Registry name and overrides of the embedder the recipe describes."""
+    return (f"embedder/{recipe.embedder.patch_size}",
+            {"input_size": recipe.data.image_size // 8, "hidden_size": recipe.embedder.embed_dim})
+
+
+def train_embedder(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, *, device: str = "auto",
+                   resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+    """Pre-train the CT Vision Embedder with InfoNCE on VAE latents of the train split's source slices.
+
+    Writes `run_dir/embedder.safetensors` (EMA weights), the input of `train --embedder run_dir`.
+    """
+    from diffma_cli.models import create_model
+    from diffma_cli.models.embedder import info_nce_loss
+    from diffma_cli.train.tasks import EmbedderTask
+    from diffma_cli.weights import save_model
+
+    data_dir = Path(data_dir)
+    data = data_reference(data_dir)
+    recipe = with_data_normalisation(recipe, data)
+    extras: dict = {}
+
+    def build(where: Processes) -> EmbedderTask:
+        cache, scale = latent_dataset(data_dir, recipe, "train", where, progress)
+        extras.update(encoders=_encoder_record(cache, scale))
+        name, overrides = embedder_name(recipe)
+        return EmbedderTask(create_model(name, **overrides), cache, scale, recipe.embedder.tau, info_nce_loss)
+
+    def info(task: EmbedderTask) -> dict:
+        return {"data": data, "model": task.model.config, **extras}
+
+    def export(task: EmbedderTask, result: FitResult, run_dir: Path) -> dict:
+        save_model(result.ema, run_dir / run_folder.EMBEDDER, overwrite=True,
+                   provenance={"trained_by": "diffma train-embedder", "run": str(run_dir.resolve()),
+                               "steps": result.state.step, "weights": "ema"})
+        return {"weights": run_folder.EMBEDDER}
+
+    return _train("embedder", run_dir, recipe, recipe.embedder.training, build=build, export=export,
+                  info=info, device=device, resume=resume, overwrite=overwrite, progress=progress)
+
+
+# ---------------------------------------------------------------- train (the diffusion backbone)
+
+def backbone_overrides(recipe: Recipe) -> dict:
+    """create_model overrides for `recipe.model` (scan only for DiffMa: the baselines have their own)."""
+    overrides = {"input_size": recipe.data.image_size // 8}
+    for key in ("depth", "hidden_size"):
+        if getattr(recipe.model, key) is not None:
+            overrides[key] = getattr(recipe.model, key)
+    if recipe.model.name.startswith("DiffMa-"):
+        overrides["scan"] = recipe.model.scan
+    return overrides
+
+
+def _check_fit(backbone, embedder, cache, embedder_path: Path) -> None:
+    """The embedder's tokens and the CLIP embedding must have the backbone's token count and width."""
+    b, e = backbone.config, embedder.config
+    if (b["patch_size"], b["hidden_size"], b["input_size"]) != (e["patch_size"], e["hidden_size"],
+                                                                e["input_size"]):
+        raise InputError(f"the embedder ({e['name']}, width {e['hidden_size']}, latent {e['input_size']}) "
+                         f"does not fit {b['name']} (patch {b['patch_size']}, width {b['hidden_size']}, "
+                         f"latent {b['input_size']})", path=embedder_path,
+                         hint="train an embedder with the same patch size and width (embedder.patch_size, "
+                              "embedder.embed_dim)")
+    if "clip" in cache.tensors and cache.tensors["clip"].shape[1] != b["hidden_size"]:
+        raise InputError(f"the CLIP embedding has width {cache.tensors['clip'].shape[1]} but {b['name']} "
+                         f"has width {b['hidden_size']} (the embedding is added to the timestep embedding)",
+                         hint="use encoders.clip=none or a backbone of that width")
+
+
+def train_diffusion(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, embedder: str | Path, *,
+                    device: str = "auto", resume: bool = False, overwrite: bool = False,
+                    progress: bool = True) -> Path:
+    """Train the diffusion backbone `recipe.model` with the frozen embedder `embedder` (a train-embedder
+    run folder, one of our weights files or a released .pt checkpoint).
+
+    Writes `run_dir/backbone.safetensors` (EMA weights) and a copy of the embedder as
+    `run_dir/embedder.safetensors`: `load_run(run_dir)` gives both with the resolved recipe.
+    """
+    from diffma_cli.diffusion.gaussian import GaussianDiffusion, linear_betas, released_betas
+    from diffma_cli.models import create_model
+    from diffma_cli.train.tasks import DiffusionTask
+    from diffma_cli.weights import load_model, save_model
+
+    data_dir = Path(data_dir)
+    data = data_reference(data_dir)
+    recipe = with_data_normalisation(recipe, data)
+    if recipe.diffusion.noise_schedule != "linear" or not recipe.diffusion.learn_sigma:
+        raise InputError("only diffusion.noise_schedule=linear with learn_sigma=true (the released setting) "
+                         "is implemented")
+    embedder_path = run_folder.embedder_file(embedder)
+    embedder_record = {"source": str(Path(embedder).resolve()), "file": str(embedder_path.resolve()),
+                       "sha256": file_sha256(embedder_path), "copy": run_folder.EMBEDDER}
+    extras: dict = {}
+
+    def build(where: Processes) -> DiffusionTask:
+        cache, scale = latent_dataset(data_dir, recipe, "train", where, progress)
+        extras.update(encoders=_encoder_record(cache, scale))
+        frozen = load_model(embedder_path).requires_grad_(False)
+        backbone = create_model(recipe.model.name, **backbone_overrides(recipe))
+        _check_fit(backbone, frozen, cache, embedder_path)
+        steps = recipe.diffusion.num_timesteps
+        # The released code builds its 1000-step chain by respacing (betas differ by <= 2e-16).
+        betas = released_betas() if steps == 1000 else linear_betas(steps)
+        task = DiffusionTask(backbone, frozen, GaussianDiffusion(betas), cache, scale,
+                             clip_width=backbone.config["hidden_size"])
+        extras["embedder_model"] = frozen
+        return task.to(where.device)
+
+    def info(task: DiffusionTask) -> dict:
+        return {"data": data, "model": task.model.config, "embedder": embedder_record,
+                "encoders": extras["encoders"]}
+
+    def export(task: DiffusionTask, result: FitResult, run_dir: Path) -> dict:
+        save_model(result.ema, run_dir / run_folder.BACKBONE, overwrite=True,
+                   provenance={"trained_by": "diffma train", "run": str(run_dir.resolve()),
+                               "steps": result.state.step, "weights": "ema"})
+        save_model(extras["embedder_model"].cpu(), run_dir / run_folder.EMBEDDER, overwrite=True,
+                   provenance={"copied_from": embedder_record["file"], "sha256": embedder_record["sha256"]})
+        return {"weights": run_folder.BACKBONE}
+
+    return _train("diffusion", run_dir, recipe, recipe.training, build=build, export=export, info=info,
+                  device=device, resume=resume, overwrite=overwrite, progress=progress)

@@ -105,6 +105,8 @@ def fit(task: Task, settings: TrainingConfig, run_dir: str | Path, where: Proces
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
+    if where.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     device = where.device
     micro_batch, steps_per_epoch = _batch_sizes(settings, where, len(task.dataset))
     total_steps = settings.steps if settings.steps > 0 else settings.epochs * steps_per_epoch
