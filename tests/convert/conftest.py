@@ -19,24 +19,27 @@ SPACING = (0.8, 1.1, 2.5)  # (x, y, z) mm, anisotropic like pelvis
 ORIGIN = (3.0, -40.0, 5.5)
 DIRECTION = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # axes swapped in-plane: not the identity
 BODY_SLICES = range(1, 6)  # z indices with body; 0 and 6 are air only
+IMAGE_SIZE, LATENT = 64, 8  # slice side (pixels) and latent side (the VAE downsamples by 8)
 
 
 def tiny_run(path: Path, direction: str = "ct->mr") -> Path:
-    """A finished diffusion run folder: demo recipe shrunk to DiffMa-S/7 with 1 block of width 32, the
-    tiny VAE stand-in, no CLIP, 2 DPM-Solver steps by default."""
+    """A finished diffusion run folder: demo recipe shrunk to 64² slices (8² latents), DiffMa-S/2 with 1
+    block of width 32, the tiny VAE stand-in, no CLIP, 2 DPM-Solver steps by default. The pipeline reads the
+    slice size from the recipe, so 64² exercises the same code as 224² at a tenth of the cost."""
     path.mkdir(parents=True)
     recipe = apply_overrides(load_recipe("demo"), {
-        "data.direction": direction, "model.name": "DiffMa-S/7", "model.depth": 1, "model.hidden_size": 32,
-        "embedder.patch_size": 7, "embedder.embed_dim": 32, "sampling.steps": 2, "sampling.batch_size": 4})
+        "data.direction": direction, "data.image_size": IMAGE_SIZE, "model.name": "DiffMa-S/2",
+        "model.depth": 1, "model.hidden_size": 32, "embedder.patch_size": 2,
+        "embedder.embed_dim": 32, "sampling.steps": 2, "sampling.batch_size": 4})
     save_recipe(recipe, path / RECIPE)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        backbone = create_model("DiffMa-S/7", depth=1, hidden_size=32)
+        backbone = create_model("DiffMa-S/2", input_size=LATENT, depth=1, hidden_size=32)
         # The final layer starts at zero (released init): perturb it so the output depends on the input.
         for parameter in backbone.final_layer.parameters():
             parameter.data.normal_(0, 0.02)
         save_model(backbone, path / BACKBONE)
-        save_model(create_model("embedder/7", hidden_size=32), path / EMBEDDER)
+        save_model(create_model("embedder/2", input_size=LATENT, hidden_size=32), path / EMBEDDER)
     (path / RUN_INFO).write_text(json.dumps({"kind": "diffusion", "finished": True}))
     return path
 
