@@ -13,6 +13,9 @@ from collections.abc import Callable
 COMMANDS: list[tuple[str, str]] = [
     ("synth", "data:synth"),
     ("prepare", "data:prepare"),
+    ("train-vae", "train:train_vae"),
+    ("train-embedder", "train:train_embedder"),
+    ("train", "train:train"),
     ("convert", "convert:convert"),
     ("eval", "evaluate:evaluate"),
     ("import-weights", "weights:import_weights"),

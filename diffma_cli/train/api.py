@@ -19,7 +19,7 @@ from diffma_cli import __version__
 from diffma_cli.config import Recipe, TrainingConfig, apply_overrides, save_recipe
 from diffma_cli.errors import InputError
 from diffma_cli.train import run_folder
-from diffma_cli.train.distributed import Processes, barrier, processes
+from diffma_cli.train.distributed import Processes, barrier, from_main, processes
 from diffma_cli.train.loop import FitResult, fit
 
 
@@ -162,19 +162,20 @@ def latent_dataset(data_dir: Path, recipe: Recipe, split: str, where: Processes,
     from diffma_cli.models.vae import load_vae
 
     cache_file = default_cache_file(data_dir, split)
+    scale = None
     if where.is_main:
         offline = True if recipe.encoders.offline else None  # False: as HF_HUB_OFFLINE says
-        vae = load_vae(recipe.encoders.vae, offline=offline, device=where.device)
+        vae = load_vae(recipe.encoders.vae, offline=offline, device=where.device,
+                       scale=recipe.encoders.latent_scale)
         clip = load_clip(recipe.encoders.clip, offline=offline, device=where.device)
         source = recipe.data.direction.split("->")[0]
         ensure_latent_cache(open_slices(data_dir, split), cache_file, vae, clip, clip_of=source,
                             data_key=file_sha256(data_dir / "manifest.json"), device=where.device,
                             progress=progress)
+        scale = vae.scale  # the cache's stored scale may come from an earlier build with another setting
         del vae, clip
-    barrier(where)
-    cache = LatentCache(cache_file, recipe.data.direction)
-    scale = recipe.encoders.latent_scale if recipe.encoders.latent_scale is not None else cache.scale
-    return cache, scale
+    scale = from_main(scale, where)  # collective: the other ranks also wait here for the cache
+    return LatentCache(cache_file, recipe.data.direction), scale
 
 
 def _encoder_record(cache, scale: float) -> dict:

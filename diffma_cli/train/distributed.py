@@ -94,10 +94,10 @@ def mean_over_processes(value: torch.Tensor, where: Processes) -> torch.Tensor:
     return total / where.world_size
 
 
-def broadcast_flag(flag: bool, where: Processes) -> bool:
-    """Rank 0's value of `flag` on every process (so that all take the same branch)."""
+def from_main(value, where: Processes):
+    """Rank 0's `value` (any picklable object) on every process."""
     if not where.distributed:
-        return flag
-    tensor = torch.tensor([int(flag)], device=where.device)
-    dist.broadcast(tensor, src=0)
-    return bool(tensor.item())
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
