@@ -72,16 +72,14 @@ class ConversionModels:
         """"ct->mr" or "mr->ct" (recipe data.direction)."""
         return self.recipe.data.direction
 
-    @property
-    def latent_scale(self) -> float:
-        """The recipe's latent scale, or the VAE's own scaling_factor when the recipe leaves it null."""
-        scale = self.recipe.encoders.latent_scale
-        return float(self.vae.scale if scale is None else scale)
 
 
 def load_models(run_dir: str | Path, device: str = "auto") -> ConversionModels:
     """Read a diffusion run folder (`load_run`) and its frozen encoders (recipe.encoders) onto `device`.
 
+    The VAE's latent scale is the one the run trained with (run.json `encoders.latent_scale`, else the
+    recipe's, else the VAE's own). Encoders whose weights differ from those recorded in run.json (a changed
+    local folder, another hub revision) are refused: the model would see latents it was not trained on.
     `device`: "auto" (CUDA if available), "cpu", "cuda" or "cuda:N"; CUDA where there is none raises
     EnvironmentProblem. Encoders that are not available offline raise EnvironmentProblem (docs/encoders.md).
     """
@@ -92,12 +90,27 @@ def load_models(run_dir: str | Path, device: str = "auto") -> ConversionModels:
 
     where = resolve_device(device)
     run = load_run(run_dir)
-    encoders = run.recipe.encoders
-    offline = True if encoders.offline else None  # None: follow HF_HUB_OFFLINE
-    vae = load_vae(encoders.vae, offline=offline, device=where)
+    encoders, trained = run.recipe.encoders, run.info.get("encoders") or {}
+    offline = True if encoders.offline else None  # None: follow HF_HUB_OFFLINE, as training does
+    scale = trained.get("latent_scale", encoders.latent_scale)
+    vae = load_vae(encoders.vae, offline=offline, device=where, scale=scale)
     clip = load_clip(encoders.clip, offline=offline, device=where)
+    for what, encoder, source in (("vae", vae, encoders.vae), ("clip", clip, encoders.clip)):
+        check_same_encoder(what, encoder.identity, trained.get(what), source, run.path)
     backbone, embedder = run.backbone.to(where).eval(), run.embedder.to(where).eval()
     return ConversionModels(run.recipe, backbone, embedder, vae, clip, where)
+
+
+def check_same_encoder(what: str, identity: dict, recorded: dict | None, source: str, run_path) -> None:
+    """InputError if a loaded encoder computes something else than the one the run recorded (weights
+    fingerprint, or CLIP's "none" and its input normalisation); nothing to compare for older runs."""
+    if not isinstance(recorded, dict):
+        return
+    keys = ("weights_sha256", "weights", "normalize")
+    if any(recorded.get(key) != identity.get(key) for key in keys if key in recorded or key in identity):
+        raise InputError(f"the {what.upper()} named by the recipe ({source}) is not the one this run was "
+                         "trained with (different weights)", path=run_path,
+                         hint=f"make encoders.{what} in recipe.yaml point to the training's {what.upper()}")
 
 
 class StageClock:
@@ -251,7 +264,7 @@ def starting_noise(shape: tuple[int, ...], noise: str, noise_correlation: float,
 def _condition(models: ConversionModels, images: torch.Tensor, clock) -> tuple[torch.Tensor, ...]:
     """images (b, 1, S, S) in [-1, 1] -> y (b, E) CLIP embedding, y2 (b, T, D) tokens, w (b, T, 1) mask."""
     with clock("vae"):
-        source = models.vae.encode(images).mean * models.latent_scale  # (b, 4, S/8, S/8)
+        source = models.vae.encode(images).mean * models.vae.scale  # (b, 4, S/8, S/8)
     with clock("clip"):
         if models.clip.visual is None:  # no CLIP: the condition vector carries no image embedding
             y = torch.zeros(images.shape[0], models.backbone.config["hidden_size"], device=images.device)
@@ -275,8 +288,7 @@ def _denoiser(models: ConversionModels, y: torch.Tensor, y2: torch.Tensor, w: to
 def _decode(models: ConversionModels, latents: torch.Tensor, clock) -> np.ndarray:
     """Diffusion latents (b, 4, h, w) -> (b, 8h, 8w) float32 images in [-1, 1] (mean of the 3 channels)."""
     with clock("vae"):
-        # FrozenVAE.decode divides by the VAE's own scale; the recipe may have trained with another one.
-        images = models.vae.decode(latents * (models.vae.scale / models.latent_scale))  # (b, 3, S, S)
+        images = models.vae.decode(latents)  # (b, 3, S, S), divided by the latent scale first
     return images.mean(dim=1).clamp_(-1.0, 1.0).cpu().numpy()
 
 

@@ -11,6 +11,8 @@ import torch
 
 from diffma_cli.config import apply_overrides, load_recipe, save_recipe
 from diffma_cli.models import create_model
+from diffma_cli.models.clip import load_clip
+from diffma_cli.models.vae import load_vae
 from diffma_cli.train.run_folder import BACKBONE, EMBEDDER, RECIPE, RUN_INFO
 from diffma_cli.weights import save_model
 
@@ -40,7 +42,10 @@ def tiny_run(path: Path, direction: str = "ct->mr") -> Path:
             parameter.data.normal_(0, 0.02)
         save_model(backbone, path / BACKBONE)
         save_model(create_model("embedder/2", input_size=LATENT, hidden_size=32), path / EMBEDDER)
-    (path / RUN_INFO).write_text(json.dumps({"kind": "diffusion", "finished": True}))
+    # run.json records the encoders as training does (their identities and the latent scale used).
+    vae, clip = load_vae(recipe.encoders.vae), load_clip(recipe.encoders.clip)
+    encoders = {"vae": vae.identity, "clip": clip.identity, "latent_scale": vae.scale}
+    (path / RUN_INFO).write_text(json.dumps({"kind": "diffusion", "finished": True, "encoders": encoders}))
     return path
 
 

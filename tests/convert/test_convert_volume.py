@@ -165,3 +165,20 @@ def test_input_problems_are_input_errors(models):
         with pytest.raises(InputError):
             convert_volume(as_image(ct_array()), models, progress=False, **bad)
 
+
+
+def test_encoders_other_than_the_trained_ones_are_refused(tmp_path):
+    import json
+
+    from conftest import tiny_run
+
+    from diffma_cli.convert import load_models
+    from diffma_cli.train.run_folder import RUN_INFO
+
+    run = tiny_run(tmp_path / "run")
+    assert load_models(run, "cpu").vae.scale == pytest.approx(0.18215)  # recorded scale of the tiny VAE
+    info = json.loads((run / RUN_INFO).read_text())
+    info["encoders"]["vae"]["weights_sha256"] = "0" * 64  # trained with another VAE
+    (run / RUN_INFO).write_text(json.dumps(info))
+    with pytest.raises(InputError, match="VAE named by the recipe"):
+        load_models(run, "cpu")
