@@ -278,3 +278,51 @@ def test_matches_released_code(family):
     with torch.no_grad():
         out = model(*inputs)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+# --- CUDA (run on the GPU machine: `pytest -m gpu tests/models/test_baselines.py`) ------------------
+
+
+@pytest.fixture
+def exact_cuda_float32():
+    """No TF32 in matrix products or convolutions, so float32 on the GPU is comparable to the CPU."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch", "mamba_ssm"])
+@pytest.mark.parametrize("family", sorted(REFERENCE_NAMES))
+def test_matches_released_code_on_cuda(family, backend, exact_cuda_float32):
+    from diffma_cli.models.ops.selective_scan import mamba_ssm_scan_fn, scan_backend
+
+    if backend == "mamba_ssm" and mamba_ssm_scan_fn() is None:
+        pytest.skip("mamba-ssm is not importable here")
+    config, state, inputs, expected = _load_reference(family)
+    overrides = {k: config[k] for k in ("input_size", "patch_size", "hidden_size", "depth")}
+    model = create_model(REFERENCE_NAMES[family], **overrides).eval()
+    model.load_state_dict(state, strict=True)
+    model.cuda()
+    with torch.no_grad(), scan_backend(backend):
+        out = model(*[tensor.cuda() for tensor in inputs]).cpu()
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["DiT-S/2", "ZigMa-S/2", "ViM-S/2", "VMamba-S/2", "EMamba-S/2"])
+def test_bf16_autocast_training_step_on_cuda(name):
+    model = create_model(name, input_size=16, hidden_size=64, depth=3).cuda()
+    with torch.no_grad():  # no zero-initialised layer left, so gradients reach every parameter
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.normal_(std=0.05)
+    inputs = [tensor.cuda() for tensor in _inputs(2, 16, 64, 64)]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(*inputs).float().square().mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    for key, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), key
