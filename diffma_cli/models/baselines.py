@@ -75,7 +75,7 @@ class ReleasedViMMamba(MultiOrderMamba):
     """
 
     def __init__(self, d_model: int, grid: int, d_state: int = D_STATE):
-        super().__init__(d_model, baseline_orders.bidirectional_orders(grid), d_state=d_state, merge="mean")
+        super().__init__(d_model, baseline_orders.bidirectional_orders(grid), d_state=d_state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.scan_orders(x).transpose(2, 3)  # (N, 2, L, Di), each in its reading order
