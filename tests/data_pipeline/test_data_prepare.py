@@ -208,3 +208,11 @@ def test_split_file_and_mha_cases(tmp_path):
     split.write_text(json.dumps({"train": ["1PA009"]}))
     fresh = tmp_path / "fresh"
     _assert_fails_cleanly(_invoke("prepare", root, "-o", fresh, "--split-file", split), fresh, 2, "1PA009")
+
+
+def test_several_anatomies_need_a_choice(tiny_tree, tmp_path):
+    out = tmp_path / "data"
+    _assert_fails_cleanly(_invoke("prepare", tiny_tree, "-o", out), out, 2, "several anatomies", "--anatomy")
+    result = _invoke("prepare", tiny_tree, "-o", out, "--anatomy", "brain")
+    assert result.exit_code == 0, result.output
+    assert sorted(load_manifest(out)["cases"]) == ["1BA001", "1BB001", "1BC001"]
