@@ -98,11 +98,12 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     return _finish(torch.stack(ys, dim=2), u, D, z, dtype_in)
 
 
-#: Elements of one (batch, Di, K, N) block that `selective_scan_blocked` aims for: 2^18 float32 = 1 MiB,
-#: small enough to stay in a CPU's L2/L3 cache (measured in benchmarks/selective_scan_cpu.py).
-BLOCK_ELEMENTS = 2**18
-#: Longest block: beyond this, longer blocks stopped helping on small problems.
-MAX_BLOCK_STEPS = 64
+#: Elements of one (K, batch, Di, N) block that `selective_scan_blocked` aims for: 2^17 float32 = 512 KiB,
+#: so a block's decays, drives and states stay in a CPU's L2/L3 cache. Measured (benchmarks/
+#: selective_scan_cpu.py, docs/benchmarks.md): 2^16-2^17 was best both for 3·1024·16 and 3·64·16 per step.
+BLOCK_ELEMENTS = 2**17
+#: Longest block: 16 steps was the best block for small problems; longer blocks got slower again.
+MAX_BLOCK_STEPS = 16
 
 
 def selective_scan_blocked(
@@ -110,13 +111,15 @@ def selective_scan_blocked(
 ):
     """Our PyTorch scan (CPU, or a GPU without mamba-ssm): same result as `selective_scan_ref`.
 
-    The recurrence is sequential in L. What costs on a CPU is the number of kernel launches per step
-    and memory traffic, not arithmetic: a parallel (Blelloch / chunked-cumsum) scan makes several passes
-    over (batch, Di, L, N) tensors that do not fit in cache and was 3-10x slower than a step loop here.
-    So we keep the step loop but cut its work per step to one fused `addcmul`: time is split into blocks
-    of K steps; per block, the decays exp(delta·A), the drives delta·B·u and the read-out Σ_N h·C are
-    computed vectorised over the K steps, with K chosen so a block's (batch, Di, K, N) tensors stay
-    around BLOCK_ELEMENTS (cache-sized). `block_steps` overrides K (tests, benchmarks).
+    The recurrence is sequential in L. On a CPU what costs is the number of operations per step and
+    memory traffic, not arithmetic: a parallel (Blelloch / chunked-cumsum) scan makes several passes over
+    (batch, Di, L, N) tensors that do not fit in cache, and was 3-10x slower than a step loop here. So this
+    keeps the step loop but cuts its work per step to one fused `addcmul` on contiguous memory:
+      - inputs are laid out time-major once, so every step reads contiguous slices;
+      - time is split into blocks of K steps; per block the decays exp(delta·A) and drives delta·B·u are
+        computed for all K steps at once, and so is the read-out Σ_N h·C (one batched matmul);
+      - K is chosen so that a block's (K, batch, Di, N) tensors stay near BLOCK_ELEMENTS (cache-sized).
+    `block_steps` overrides K (tests, benchmarks). Autograd differentiates it.
     """
     _check_shapes(u, delta, A, B, C)
     dtype_in = u.dtype
@@ -124,23 +127,24 @@ def selective_scan_blocked(
     batch, dim, length = u.shape
     state = A.shape[1]
     if block_steps is None:
-        per_step = batch * dim * state
-        block_steps = 2 ** max(0, math.floor(math.log2(max(1, BLOCK_ELEMENTS // per_step))))
-        block_steps = min(block_steps, MAX_BLOCK_STEPS)
-    delta_u = delta * u
+        fitting = max(1, BLOCK_ELEMENTS // (batch * dim * state))
+        block_steps = min(2 ** int(math.log2(fitting)), MAX_BLOCK_STEPS)
+    delta_t = delta.permute(2, 0, 1).contiguous()  # (L, batch, Di)
+    delta_u_t = (delta * u).permute(2, 0, 1).contiguous()  # (L, batch, Di)
+    B_t, C_t = B.permute(2, 0, 1), C.permute(2, 0, 1)  # (L, batch, N)
     h = u.new_zeros(batch, dim, state)
     ys = []
     for start in range(0, length, block_steps):
         stop = min(length, start + block_steps)
-        decay = torch.exp(delta[:, :, start:stop, None] * A[:, None])  # (batch, Di, K, N)
-        b_block = B[:, None, :, start:stop].transpose(2, 3)  # (batch, 1, K, N)
-        drive = delta_u[:, :, start:stop, None] * b_block  # (batch, Di, K, N)
+        decay = torch.exp(delta_t[start:stop, :, :, None] * A)  # (K, batch, Di, N): exp(delta_t·A)
+        drive = delta_u_t[start:stop, :, :, None] * B_t[start:stop, :, None, :]  # delta_t·B_t·u_t
         states = []
         for step in range(stop - start):
-            h = torch.addcmul(drive[:, :, step], decay[:, :, step], h)  # h_t = a_t ⊙ h_{t−1} + b_t
+            h = torch.addcmul(drive[step], decay[step], h)  # h_t = a_t ⊙ h_{t−1} + b_t
             states.append(h)
-        ys.append(torch.einsum("bdkn,bnk->bdk", torch.stack(states, dim=2), C[:, :, start:stop]))
-    return _finish(torch.cat(ys, dim=2), u, D, z, dtype_in)
+        readout = torch.matmul(torch.stack(states), C_t[start:stop, :, :, None])  # (K, batch, Di, 1)
+        ys.append(readout.squeeze(-1))
+    return _finish(torch.cat(ys).permute(1, 2, 0), u, D, z, dtype_in)  # (batch, Di, L)
 
 
 def mamba_ssm_scan_fn() -> Callable | None:
