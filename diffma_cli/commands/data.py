@@ -25,7 +25,8 @@ def _pair(text: str, option: str, example: str) -> tuple[float, float]:
 
 
 def synth(
-    out: Path = typer.Argument(..., help="Folder to create: OUT/Task1/<anatomy>/<id>/{ct,mr,mask}.nii.gz."),
+    out: Path = typer.Argument(..., metavar="OUT",
+                               help="Folder to create: OUT/Task1/<anatomy>/<id>/{ct,mr,mask}.nii.gz."),
     anatomy: str = typer.Option("both", "--anatomy", help="brain, pelvis or both."),
     cases: int = typer.Option(10, "--cases", min=1, help="Cases per anatomy."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same cases."),
@@ -37,10 +38,9 @@ def synth(
 ) -> None:
     """Write synthetic SynthRAD2023-style paired CT/MR/mask cases (brain and pelvis phantoms).
 
-    Each case has per-case random anatomy; CT in HU (int16), T1-like MR in scanner units with bias field
-    and Rician noise (pelvis centre C: T2; brain centres B, C: contrast-enhanced), a dilated body mask.
+    CT in HU, T1-like MR with bias field and Rician noise (T2 or contrast for some centres), body mask.
 
-    Example: diffma synth synthetic --anatomy brain --cases 10 --seed 0
+    Example:  diffma synth synthetic --anatomy brain --cases 10 --seed 0 --workers 2
     """
     from diffma_cli.data.synth import write_synthetic_tree
 
@@ -54,14 +54,15 @@ def synth(
 
 
 def prepare(
-    src: Path = typer.Argument(..., help="SynthRAD2023 Task1 folder, or one anatomy folder in it."),
+    src: Path = typer.Argument(..., metavar="SRC",
+                               help="SynthRAD2023 Task1 folder, or one anatomy folder in it."),
     out: Path = typer.Option(..., "-o", "--out", help="Folder to create (the prepared data, DATA)."),
     anatomy: str = typer.Option(None, "--anatomy",
                                 help="brain or pelvis; needed when SRC holds more than one anatomy."),
     split: str = typer.Option("0.8,0.1,0.1", "--split", help="Fractions of patients in train,val,test."),
     seed: int = typer.Option(0, "--seed", help="Seed of the patient split."),
     split_file: Path = typer.Option(None, "--split-file",
-                                    help='JSON {"train": [ids], "val": [ids], "test": [ids]}; '
+                                    help="JSON object with train, val and test lists of case ids; "
                                          "overrides --split and --seed."),
     ct_window: str = typer.Option("-1024,3000", "--ct-window", help="HU window mapped to [-1, 1]."),
     mr_percentiles: str = typer.Option("0.5,99.5", "--mr-percentiles",
@@ -71,14 +72,11 @@ def prepare(
                                   help="Leave bad cases out (recorded in the manifest) instead of stopping."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DATA if it exists."),
 ) -> None:
-    """Split cases by patient, normalise, slice axially to 224x224 and write DATA with a manifest.
+    """Split SynthRAD cases by patient, normalise them, slice them to 224x224 pairs and write a manifest.
 
-    Finds the cases (.nii.gz or .mha; overview/ ignored), checks each (three files, one geometry, finite
-    values, non-empty mask), normalises CT (HU window) and MR (per case, inside the mask) to [-1, 1], keeps
-    the axial slices with body, pads them to square and resizes them to 224x224 (float16 arrays), and writes
-    DATA/manifest.json with the splits and everything needed to undo the slicing.
+    Bad cases (missing file, geometry mismatch, NaN, empty mask, unreadable) stop the run unless --skip-bad.
 
-    Example: diffma prepare SynthRAD2023/Task1 -o data/brain --anatomy brain --workers 2
+    Example:  diffma prepare SynthRAD2023/Task1 -o data/brain --anatomy brain --workers 2
     """
     from diffma_cli.data.prepare import PrepareOptions
     from diffma_cli.data.prepare import prepare as prepare_data
