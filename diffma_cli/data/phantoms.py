@@ -341,14 +341,29 @@ def _paint_pelvis(rng, canvas: _Canvas, centre, radii, z_hip: float, male: bool)
     box, rr = canvas.ellipsoid(cavity, (60.0 * k, 65.0 * k, 120.0 * k))
     canvas.paint("fat", rr < 1, box, over=("muscle",))
 
-    # Bowel loops in the upper anterior cavity: walls, fluid content and gas pockets.
-    box, rr = canvas.ellipsoid((cx, cy - 0.25 * b0, z_hip + 150.0 * k), (0.55 * a0, 0.5 * b0, 90.0 * k))
-    loops = _folds(rng, canvas, rng.uniform(30.0, 40.0), box)
-    loops += 3.0 * _smooth_field(rng, canvas, 40.0, box=box)
-    inside = (rr < 1) & (depth[box] > fat[box] + 5.0)
-    canvas.paint("bowel_wall", inside & (np.abs(loops) < 0.5), box)
-    canvas.paint("bowel_content", inside & (np.abs(loops) < 0.32), box)
-    canvas.paint("gas", inside & (np.abs(loops) < 0.32) & (loops > 0.15) & (rng.random() < 0.8), box)
+    # Bowel loops in the upper anterior cavity: random-walk tubes with a wall, fluid content and, in some,
+    # gas rising anteriorly (the patient lies supine: anterior is up).
+    region_c = np.array([cx, cy - 0.25 * b0, z_hip + 150.0 * k])
+    region_r = np.array([0.45 * a0, 0.4 * b0, 80.0 * k])
+    for _ in range(rng.integers(4, 8)):
+        radius = rng.uniform(9.0, 14.0)
+        gas = rng.random() < 0.4
+        point = region_c + rng.uniform(-0.7, 0.7, 3) * region_r
+        heading = rng.normal(size=3)
+        for _ in range(rng.integers(6, 12)):
+            heading = heading / np.linalg.norm(heading) + 0.8 * rng.normal(size=3)
+            heading /= np.linalg.norm(heading)
+            step = point + rng.uniform(15.0, 30.0) * heading
+            if np.sum(((step - region_c) / region_r) ** 2) > 1:  # stay in the region: turn back
+                heading, step = -heading, point - rng.uniform(15.0, 30.0) * heading
+            box, dist = canvas.tube(point, step, radius)
+            canvas.paint("bowel_wall", dist < radius, box, over=("fat", "muscle", "bowel_content", "gas"))
+            canvas.paint("bowel_content", dist < radius - 2.5, box, over=("bowel_wall",))
+            if gas:
+                level = (point[1] + step[1]) / 2 - 0.3 * radius
+                canvas.paint("gas", (dist < radius - 2.5) & (canvas.coords(box)[1] < level), box,
+                             over=("bowel_content",))
+            point = step
 
     for side in (-1, 1):
         hip = np.array([cx + side * 90.0 * k, cy - 5.0, z_hip])
