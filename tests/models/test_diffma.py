@@ -146,3 +146,19 @@ def test_mixer_dt_initialisation_gives_steps_in_range():
     steps = torch.nn.functional.softplus(mixer.dt_proj.bias)
     assert steps.min() >= 1e-3 * 0.999 and steps.max() <= 0.1 * 1.001
     torch.testing.assert_close(mixer.A_log.exp()[0], torch.arange(1, 17, dtype=torch.float32))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend, tol", [("torch", 1e-5), ("mamba_ssm", 1e-4)])
+def test_released_forward_on_cuda(backend, tol):
+    from diffma_cli.models.ops.selective_scan import mamba_ssm_scan_fn
+
+    if backend == "mamba_ssm" and mamba_ssm_scan_fn() is None:
+        pytest.skip("mamba-ssm is not importable here")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    config, state, inputs, expected = load_reference("p2")
+    model = our_model(config).cuda().eval()
+    model.load_state_dict(state)
+    with torch.no_grad(), scan_backend(backend):
+        out = model(**{k: v.cuda() for k, v in inputs.items()})
+    assert relative_error(out.cpu(), expected) <= tol
