@@ -86,9 +86,14 @@ def _train(kind: str, run_dir: str | Path, recipe: Recipe, settings: TrainingCon
                 "world_size": where.world_size, "device": str(where.device)}, resume=resume)
             if resume:  # the resolved recipe now includes this session's overrides (e.g. more steps)
                 save_recipe(recipe, run_dir / run_folder.RECIPE)
+        if where.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(where.device)
         result = fit(task, settings, run_dir, where, resume=resume, progress=progress, description=kind)
         if where.is_main:
+            peak = torch.cuda.max_memory_allocated(where.device) if where.device.type == "cuda" else 0
             results = export(task, result, run_dir)
+            if peak:  # of training on this GPU (rank 0), before the export
+                results["peak_gpu_memory_gib"] = round(peak / 2**30, 3)
             run_folder.finish_run(run_dir, record, steps=result.state.step, epochs_done=result.state.epoch,
                                   final_loss=result.losses[-1] if result.losses else None,
                                   images_per_second=round(result.images_per_second, 3), **results)

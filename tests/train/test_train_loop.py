@@ -134,3 +134,27 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     # Only rank 0 wrote the log and the checkpoints.
     assert len(run_log.read_records(tmp_path / "ddp")) == 9
     assert latest_checkpoint(tmp_path / "ddp").name == "step-0000009"
+
+
+def test_precision_is_bf16_autocast_on_cuda_and_fp32_on_cpu():
+    from diffma_cli.train.loop import autocast_dtype
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert autocast_dtype("auto", cuda) == torch.bfloat16 and autocast_dtype("auto", cpu) is None
+    assert autocast_dtype("fp32", cuda) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
+
+
+@pytest.mark.gpu
+def test_bf16_training_on_cuda_learns_and_resumes(tmp_path):
+    def cuda_run(name, resume=False, **changes):
+        (tmp_path / name).mkdir(exist_ok=True)
+        with processes("cuda") as where:
+            return fit(RegressionTask(), settings(precision="auto", **changes), tmp_path / name, where,
+                       resume=resume, progress=False)
+
+    whole = cuda_run("whole", global_batch_size=24, epochs=1, steps=30)
+    assert all(torch.isfinite(torch.tensor(whole.losses))) and whole.losses[-1] < 0.3 * whole.losses[0]
+    assert next(whole.ema.parameters()).device.type == "cuda"
+    first = cuda_run("parts", global_batch_size=24, steps=12)
+    second = cuda_run("parts", resume=True, global_batch_size=24, steps=30)
+    assert first.losses + second.losses == pytest.approx(whole.losses, rel=1e-3)
