@@ -6,9 +6,10 @@ Usage (on the GPU machine, after `source benchmarks/device_env.sh`):
     python3 benchmarks/convert.py --steps 20 --batch-sizes 16,32,64 --noise shared
     python3 benchmarks/convert.py --tiny --device cpu              # smoke test with tiny stand-ins
 
-What runs is the library's own `convert_volume` on an in-memory CT (an ellipse body on every one of
-`--slices` axial slices of `--side`² voxels, HU), so the time includes normalising, slicing to 224²,
-encoding, sampling, decoding and undoing the slicing, but no file I/O. Models have RANDOM weights of the
+What runs is the library's own `convert_array` (convert_volume without SimpleITK, which the GPU machine
+lacks) on an in-memory CT (an ellipse body on every one of `--slices` axial slices of `--side`² voxels,
+HU), so the time includes normalising, slicing to 224², encoding, sampling, decoding and undoing the
+slicing, but no file I/O. Models have RANDOM weights of the
 real sizes (no download is possible on the GPU machine): the DiffMa backbone and `embedder/2` from our
 registry, an AutoencoderKL with the SD VAE's architecture (block_out_channels 128/256/512/512, 2 layers
 per block, REFERENCE.md section 5) and BiomedCLIP's visual tower (timm ViT-B/16 + 768->512 projection).
@@ -62,16 +63,14 @@ def build_models(args, device: torch.device):
                             vae.to(device), clip.to(device), device)
 
 
-def phantom_ct(slices: int, side: int):
-    """A CT (HU) with body on every slice: soft tissue ellipse with a bone ring, air around it; 1 mm grid."""
-    import SimpleITK as sitk
-
+def phantom_ct(slices: int, side: int) -> np.ndarray:
+    """(slices, side, side) int16 CT in HU with body on every slice: a soft-tissue ellipse with a bone ring,
+    air around it (converted on a 1 mm grid)."""
     y, x = np.mgrid[:side, :side]
     radius = ((y - side / 2) / (0.42 * side)) ** 2 + ((x - side / 2) / (0.36 * side)) ** 2
     plane = np.where(radius < 1, 40.0, -1000.0)
     plane[(radius > 0.8) & (radius < 1)] = 1200.0
-    volume = np.repeat(plane[None], slices, axis=0).astype(np.int16)
-    return sitk.GetImageFromArray(volume)
+    return np.repeat(plane[None], slices, axis=0).astype(np.int16)
 
 
 def synchronize(device: torch.device) -> None:
@@ -79,15 +78,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run_once(models, image, *, steps, batch_size, args):
-    """(total seconds, {stage: seconds}) of one conversion."""
-    from diffma_cli.convert import StageClock, convert_volume
+def run_once(models, ct: np.ndarray, *, steps, batch_size, args):
+    """(total seconds, {stage: seconds}) of one conversion of the CT array (1 mm voxels)."""
+    from diffma_cli.convert import StageClock, convert_array, sampling_options
 
+    options = sampling_options(models.recipe, sampler=args.sampler, steps=steps, batch_size=batch_size,
+                               seed=0, noise=args.noise)
     clock = StageClock(models.device)
     synchronize(models.device)
     began = time.perf_counter()
-    convert_volume(image, models, sampler=args.sampler, steps=steps, batch_size=batch_size, seed=0,
-                   noise=args.noise, progress=False, clock=clock)
+    convert_array(ct, (1.0, 1.0, 1.0), models, options=options, progress=False, clock=clock)
     synchronize(models.device)
     return time.perf_counter() - began, clock.seconds()
 

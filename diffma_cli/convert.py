@@ -359,48 +359,29 @@ def _output_image(values: np.ndarray, like):
     return image
 
 
-def convert_volume(image, models: ConversionModels, *, body_mask=None, sampler: str | None = None,
-                   steps: int | None = None, seed: int | None = None, samples: int = 1,
-                   batch_size: int | None = None, noise: str = DEFAULT_NOISE,
-                   noise_correlation: float = DEFAULT_NOISE_CORRELATION, smooth_z: float = 0.0,
-                   mask: bool = False, progress: bool = True, source: str | Path | None = None, clock=None):
-    """Convert one volume; returns (generated `SimpleITK.Image`, standard-deviation image or None).
-
-    image: the source modality of the run (CT in HU for ct->mr, MR in scanner units for mr->ct), any
-    geometry. body_mask: optional `SimpleITK.Image` on the same grid (voxels > 0 = body), else computed.
-    sampler/steps/seed/batch_size: None takes the recipe's `sampling` section. samples K > 1 returns the
-    per-voxel mean and the standard deviation (ddof 1) of K samples. noise / noise_correlation / smooth_z:
-    the slice-consistency options (docs/consistency.md). mask: voxels outside the body -> background.
-    Both outputs are float32 on the input's grid: [-1, 1] for MR, HU for CT (std in the same units).
-    `source` names the input in error messages; `clock` is a `StageClock` for benchmarks.
-    """
-    import SimpleITK as sitk
-
-    options = sampling_options(models.recipe, sampler=sampler, steps=steps, seed=seed, samples=samples,
-                               batch_size=batch_size, noise=noise, noise_correlation=noise_correlation,
-                               smooth_z=smooth_z)
+def convert_array(values: np.ndarray, spacing_xyz, models: ConversionModels, *, options: SamplingOptions,
+                  body: np.ndarray | None = None, mask: bool = False, progress: bool = True,
+                  source: str | Path | None = None, clock=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The array core of `convert_volume` (no SimpleITK): values (z, y, x) of the source modality with voxel
+    spacing (x, y, z) mm, optional bool body (z, y, x) -> (float32 mean (z, y, x), std or None)."""
     source_modality, target_modality = models.direction.split("->")
-
-    values = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)  # (z, y, x)
+    values = np.asarray(values, dtype=np.float32)
     check_input(values, source_modality, source)
-    spacing = image.GetSpacing()
-    if body_mask is None:
-        body = body_from_image(values, source_modality, spacing)
-    else:
-        if not _geometry_matches(image, body_mask):
-            raise InputError("the body mask's grid (size, spacing, origin, direction) differs from the "
-                             "input's", path=source, hint="give the mask that belongs to this volume")
-        body = sitk.GetArrayFromImage(body_mask) > 0
+    body = body_from_image(values, source_modality, spacing_xyz) if body is None else np.asarray(body, bool)
+    if body.shape != values.shape:
+        raise InputError(f"the body mask's shape {body.shape} differs from the input's {values.shape}",
+                         path=source)
     if not body.any():
         raise InputError("no body found in the volume (an empty body mask)", path=source,
                          hint="check the input, or give its body mask")
 
     unit = normalise_input(values, source_modality, body, models.recipe, source)
-    record = plan_slicing(values.shape, spacing, body, models.recipe.data.image_size)
+    record = plan_slicing(values.shape, spacing_xyz, body, models.recipe.data.image_size)
     slices = slice_volume(unit, record, "linear", BACKGROUND)
     generated = sample_slices(models, slices, options, progress=progress, clock=clock)
 
     z_range = (record["slices"][0], record["slices"][-1])
+    samples = options.samples
     total = np.zeros(values.shape, np.float64)
     squares = np.zeros(values.shape, np.float64) if samples > 1 else None
     for one in generated:
@@ -422,4 +403,35 @@ def convert_volume(image, models: ConversionModels, *, body_mask=None, sampler: 
         mean = ct_from_unit(mean, (low, high))
         if std is not None:
             std = std * np.float32((high - low) / 2.0)
+    return mean, std
+
+
+def convert_volume(image, models: ConversionModels, *, body_mask=None, sampler: str | None = None,
+                   steps: int | None = None, seed: int | None = None, samples: int = 1,
+                   batch_size: int | None = None, noise: str = DEFAULT_NOISE,
+                   noise_correlation: float = DEFAULT_NOISE_CORRELATION, smooth_z: float = 0.0,
+                   mask: bool = False, progress: bool = True, source: str | Path | None = None, clock=None):
+    """Convert one volume; returns (generated `SimpleITK.Image`, standard-deviation image or None).
+
+    image: the source modality of the run (CT in HU for ct->mr, MR in scanner units for mr->ct), any
+    geometry. body_mask: optional `SimpleITK.Image` on the same grid (voxels > 0 = body), else computed.
+    sampler/steps/seed/batch_size: None takes the recipe's `sampling` section. samples K > 1 returns the
+    per-voxel mean and the standard deviation (ddof 1) of K samples. noise / noise_correlation / smooth_z:
+    the slice-consistency options (docs/consistency.md). mask: voxels outside the body -> background.
+    Both outputs are float32 on the input's grid: [-1, 1] for MR, HU for CT (std in the same units).
+    `source` names the input in error messages; `clock` is a `StageClock` for benchmarks.
+    """
+    import SimpleITK as sitk
+
+    options = sampling_options(models.recipe, sampler=sampler, steps=steps, seed=seed, samples=samples,
+                               batch_size=batch_size, noise=noise, noise_correlation=noise_correlation,
+                               smooth_z=smooth_z)
+    body = None
+    if body_mask is not None:
+        if not _geometry_matches(image, body_mask):
+            raise InputError("the body mask's grid (size, spacing, origin, direction) differs from the "
+                             "input's", path=source, hint="give the mask that belongs to this volume")
+        body = sitk.GetArrayFromImage(body_mask) > 0
+    mean, std = convert_array(sitk.GetArrayFromImage(image), image.GetSpacing(), models, body=body,
+                              options=options, mask=mask, progress=progress, source=source, clock=clock)
     return _output_image(mean, image), None if std is None else _output_image(std, image)
