@@ -141,6 +141,22 @@ def test_mixer_partition_orders_scan_each_part_on_its_own():
     torch.testing.assert_close(out[:, [0, 2]], single(x[:, [0, 2]]), rtol=1e-5, atol=1e-6)
 
 
+def test_mixer_scans_all_orders_in_one_batched_call(monkeypatch):
+    import diffma_cli.models.mamba as mamba_module
+
+    calls = []
+    real = mamba_module.selective_scan
+
+    def counting(u, *args, **kwargs):
+        calls.append(tuple(u.shape))
+        return real(u, *args, **kwargs)
+
+    monkeypatch.setattr(mamba_module, "selective_scan", counting)
+    mixer = MultiOrderMamba(8, torch.stack([torch.arange(9), torch.arange(9).flip(0), torch.randperm(9)]))
+    mixer(torch.randn(2, 9, 8))
+    assert calls == [(2 * 3, 16, 9)]  # one call: batch 2 × 3 orders, Di = 16, L = 9
+
+
 def test_mixer_dt_initialisation_gives_steps_in_range():
     mixer = MultiOrderMamba(32, [list(range(4))])
     steps = torch.nn.functional.softplus(mixer.dt_proj.bias)
