@@ -173,7 +173,7 @@ def _smooth_field(rng, canvas: _Canvas, wavelength_mm: float, rank: int = 3, box
 def _folds(rng, canvas: _Canvas, wavelength_mm: float, box=None) -> np.ndarray:
     """Gyroid-like folding field: a sum of three phase-shifted sinusoids, one per axis (range -3..3).
 
-    Its near-zero level set is a convoluted sheet; thin bands around it make sulci and septa.
+    Its near-zero level set is a convoluted sheet; thin bands around it make the cortical sulci.
     """
     x, y, z = canvas.coords(box or (slice(None),) * 3)
     k = 2 * np.pi / wavelength_mm

@@ -21,6 +21,7 @@ Public interface (used by `prepare`, `eval` and `convert`; kept stable):
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -196,11 +197,11 @@ _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
 
 
 def _nifti_nonfinite_count(path: Path) -> int:
-    """Non-finite voxels of a float NIfTI file, read from the raw bytes.
+    """Non-finite voxels of a NIfTI file read from its raw bytes; EOFError if the voxel data is cut short.
 
-    ITK's NIfTI reader silently turns NaN into 0, so a NaN-damaged .nii(.gz) looks clean once read; the raw
-    voxel block (from `vox_offset`, header layout per nifti1.h / nifti2.h) still holds them. Integer files
-    cannot hold NaN and are not read again.
+    ITK's NIfTI reader silently turns NaN into 0 and zero-fills a truncated file, so a damaged .nii(.gz)
+    looks clean once read; the raw voxel block (from `vox_offset`, header layout per nifti1.h / nifti2.h)
+    tells. Other formats return 0.
     """
     import gzip
 
@@ -214,22 +215,26 @@ def _nifti_nonfinite_count(path: Path) -> int:
         header = stream.read(540)
         for order in ("<", ">"):
             size = int(np.frombuffer(header[:4], f"{order}i4")[0])
-            if size == 348:  # NIfTI-1: datatype int16 @70, vox_offset float32 @108
-                datatype = int(np.frombuffer(header[70:72], f"{order}i2")[0])
+            if size == 348:  # NIfTI-1: dim int16[8] @40, datatype int16 @70, bitpix @72, vox_offset f4 @108
+                dims = np.frombuffer(header[40:56], f"{order}i2").astype(np.int64)
+                datatype, bitpix = (int(v) for v in np.frombuffer(header[70:74], f"{order}i2"))
                 offset = int(np.frombuffer(header[108:112], f"{order}f4")[0])
                 break
-            if size == 540:  # NIfTI-2: datatype int16 @12, vox_offset int64 @168
-                datatype = int(np.frombuffer(header[12:14], f"{order}i2")[0])
+            if size == 540:  # NIfTI-2: datatype, bitpix int16 @12, dim int64[8] @16, vox_offset i8 @168
+                datatype, bitpix = (int(v) for v in np.frombuffer(header[12:16], f"{order}i2"))
+                dims = np.frombuffer(header[16:80], f"{order}i8")
                 offset = int(np.frombuffer(header[168:176], f"{order}i8")[0])
                 break
         else:
             return 0
-        if datatype not in _NIFTI_FLOAT_TYPES:
-            return 0
-        dtype = np.dtype(f"{order}{_NIFTI_FLOAT_TYPES[datatype]}")
+        expected = int(np.prod(dims[1:1 + int(dims[0])])) * bitpix // 8
         stream.seek(offset)
-        data = stream.read()
-    values = np.frombuffer(data[: len(data) - len(data) % dtype.itemsize], dtype)
+        data = stream.read(expected)
+    if len(data) < expected:
+        raise EOFError(f"{len(data)} of {expected} voxel bytes")
+    if datatype not in _NIFTI_FLOAT_TYPES:
+        return 0
+    values = np.frombuffer(data, np.dtype(f"{order}{_NIFTI_FLOAT_TYPES[datatype]}"))
     return int(values.size - np.isfinite(values).sum())
 
 
@@ -238,6 +243,8 @@ def load_case(case: Case, needs: tuple[str, ...] = MODALITIES) -> dict:
     import numpy as np
     import SimpleITK as sitk
 
+    from diffma_cli.io.volumes import read_volume
+
     problems = check_case(case, needs)
     if problems:
         raise CaseError(case.id, problems[0], path=case.folder)
@@ -245,11 +252,15 @@ def load_case(case: Case, needs: tuple[str, ...] = MODALITIES) -> dict:
     for modality in needs:
         path = case.path(modality)
         try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError:
+            image = read_volume(path)
+        except InputError:  # the header was readable, the voxel data is not (e.g. a truncated file)
             raise CaseError(case.id, f"{path.name} cannot be read as an image", path=case.folder) from None
         array = sitk.GetArrayViewFromImage(image)
-        bad = int(np.size(array) - np.isfinite(array).sum()) or _nifti_nonfinite_count(path)
+        try:
+            bad = int(np.size(array) - np.isfinite(array).sum()) or _nifti_nonfinite_count(path)
+        except (OSError, EOFError, zlib.error):
+            raise CaseError(case.id, f"{path.name} is damaged (truncated or corrupt voxel data)",
+                            path=case.folder) from None
         if bad:
             raise CaseError(case.id, f"{path.name} holds {bad} non-finite values (NaN or infinity)",
                             path=case.folder)

@@ -62,3 +62,12 @@ def test_nan_empty_mask_and_non_image_stop_load(tiny_tree):
         load_case(find_cases(folder)[0])
     (folder / "ct.nii.gz").write_bytes(b"this is not an image")
     assert check_case(find_cases(folder)[0]) == ["ct.nii.gz cannot be read as an image"]
+
+
+def test_truncated_nifti_is_caught_although_simpleitk_zero_fills_it(tiny_tree):
+    folder = tiny_tree / "brain" / "1BA001"
+    raw = (folder / "ct.nii.gz").read_bytes()
+    (folder / "ct.nii.gz").write_bytes(raw[: len(raw) * 3 // 4])
+    assert sitk.ReadImage(str(folder / "ct.nii.gz")).GetSize() == (10, 8, 6)  # reads "fine"
+    with pytest.raises(CaseError, match="1BA001: ct.nii.gz is damaged"):
+        load_case(find_cases(folder)[0])
