@@ -46,6 +46,10 @@ def _diffma_factory(name: str, depth: int, patch_size: int) -> Factory:
         if settings["scan"] not in SCAN_MODES:
             raise InputError(f"{name}: unknown scan {settings['scan']!r}",
                              hint=f"choose one of {', '.join(SCAN_MODES)}")
+        if settings["depth"] < 1 or settings["hidden_size"] < 4 or settings["hidden_size"] % 4:
+            raise InputError(f"{name}: depth {settings['depth']}, hidden_size {settings['hidden_size']}",
+                             hint="depth must be at least 1 and hidden_size a positive multiple of 4 "
+                                  "(the 2-D sin-cos positions split it in four)")
         return build_diffma({"name": name, **settings})
 
     factory.__doc__ = f"{name}: DiffMa, depth {depth}, patch {patch_size}, width {HIDDEN_SIZE} (released)."

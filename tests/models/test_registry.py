@@ -74,6 +74,10 @@ def test_bad_scan_and_patch_are_refused():
         create_model("DiffMa-S/2", scan="zigzag", depth=1, hidden_size=8)
     with pytest.raises(InputError, match="multiple"):
         create_model("DiffMa-S/2", patch_size=3, depth=1, hidden_size=8)
+    with pytest.raises(InputError, match="multiple of 4"):
+        create_model("DiffMa-S/2", depth=1, hidden_size=30)
+    with pytest.raises(InputError, match="at least 1"):
+        create_model("DiffMa-S/2", depth=0, hidden_size=8)
 
 
 def test_register_model_refuses_a_taken_name_but_accepts_the_same_factory(monkeypatch):
