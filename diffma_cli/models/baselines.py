@@ -107,6 +107,16 @@ def _common_defaults(depth: int, patch_size: int) -> dict[str, Any]:
             "hidden_size": HIDDEN_SIZE, "depth": depth, "learn_sigma": True}
 
 
+def _resolve(name: str, defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Settings = defaults updated by overrides, with the checks every backbone needs."""
+    settings = resolve_settings(name, defaults, overrides)
+    if settings["depth"] < 1 or settings["hidden_size"] < 4 or settings["hidden_size"] % 4:
+        raise InputError(f"{name}: depth {settings['depth']}, hidden_size {settings['hidden_size']}",
+                         hint="depth must be at least 1 and hidden_size a positive multiple of 4 "
+                              "(the 2-D sin-cos positions split it in four)")
+    return settings
+
+
 def _backbone(blocks: list[nn.Module], name: str, settings: dict[str, Any]) -> ConditionedBackbone:
     shell_keys = ("input_size", "patch_size", "in_channels", "hidden_size", "learn_sigma")
     return ConditionedBackbone(blocks, {"name": name, **settings}, **{k: settings[k] for k in shell_keys})
@@ -115,7 +125,7 @@ def _backbone(blocks: list[nn.Module], name: str, settings: dict[str, Any]) -> C
 def build_dit(name: str, depth: int, patch_size: int, overrides: dict[str, Any]) -> ConditionedBackbone:
     """DiT baseline `name` (e.g. "DiT-B/2"): `depth` adaLN-Zero transformer blocks, 8 heads (released)."""
     defaults = {**_common_defaults(depth, patch_size), "num_heads": 8, "mlp_ratio": 4.0}
-    settings = resolve_settings(name, defaults, overrides)
+    settings = _resolve(name, defaults, overrides)
     if settings["hidden_size"] % settings["num_heads"]:
         raise InputError(f"{name}: hidden_size {settings['hidden_size']} is not divisible by "
                          f"num_heads {settings['num_heads']}")
@@ -130,7 +140,7 @@ def build_mamba_baseline(
     """Mamba baseline `name` ("ZigMa-…", "ViM-…", "VMamba-…" or "EMamba-…"): `depth` one-mixer blocks."""
     family = name.split("-")[0]
     defaults = {**_common_defaults(depth, patch_size), "scan": "released", "d_state": D_STATE}
-    settings = resolve_settings(name, defaults, overrides)
+    settings = _resolve(name, defaults, overrides)
     if settings["scan"] not in BASELINE_SCANS:
         raise InputError(f"{name}: unknown scan {settings['scan']!r}",
                          hint=f"choose one of {', '.join(BASELINE_SCANS)}")

@@ -243,6 +243,21 @@ def test_emamba_refuses_odd_token_grid():
         create_model("EMamba-S/2", input_size=14)
 
 
+@pytest.mark.parametrize("name", ["DiT-S/2", "ViM-S/2"])
+def test_bad_sizes_are_refused(name):
+    with pytest.raises(InputError, match="at least 1"):
+        create_model(name, depth=0, hidden_size=16)
+    with pytest.raises(InputError, match="multiple of 4"):
+        create_model(name, depth=1, hidden_size=30)
+    with pytest.raises(InputError, match="multiple"):
+        create_model(name, patch_size=3)
+
+
+def test_dit_width_must_split_into_heads():
+    with pytest.raises(InputError, match="num_heads"):
+        create_model("DiT-S/2", hidden_size=20)
+
+
 def test_unknown_scan_is_refused():
     with pytest.raises(InputError, match="unknown scan"):
         create_model("VMamba-S/2", scan="spiral")
