@@ -93,6 +93,8 @@ class MultiOrderMamba(nn.Module):
             self.register_buffer("merge_weight", 1.0 / counts.float(), persistent=False)
         else:
             self.register_buffer("merge_weight", None, persistent=False)
+        # Partition orders (e.g. EfficientVMamba's sub-grids) skip tokens; the merge then pads a zero row.
+        self.skips_tokens = bool((restore == orders.shape[1]).any())
         self.register_buffer("orders", orders, persistent=False)
         self.register_buffer("restore", restore, persistent=False)
 
@@ -113,34 +115,97 @@ class MultiOrderMamba(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, num_tokens, _ = x.shape
-        k = self.orders.shape[0]
-        y = self.scan_orders(x)  # (N, K, Di, L)
-        # Back to token positions (a zero column for tokens an order does not read), merged over orders.
-        y = F.pad(y, (0, 1))  # (N, K, Di, L + 1)
-        index = self.restore[None, :, None, :].expand(batch, k, self.d_inner, num_tokens)
-        y = y.gather(3, index).sum(dim=1)  # (N, Di, T)
+        k, length = self.orders.shape
+        y = self._scan(x)  # (N·K, Di, L)
+        # out_proj (no bias) per sequence, read token-major straight from the channel-first scan output; then
+        # each token's K outputs are gathered back from their reading positions and summed. Projecting first
+        # moves D instead of Di = 2D values per token through the merge.
+        y = self.out_proj(y.transpose(1, 2)).view(batch, k, length, self.d_model)  # (N, K, L, D)
+        y = merge_orders(y, self.orders, self.restore, self.skips_tokens)  # (N, T, D)
         if self.merge_weight is not None:
-            y = y * self.merge_weight.to(y.dtype)
-        # out_proj has no bias, so projecting the merged sum equals summing K projections (K× cheaper).
-        return self.out_proj(y.transpose(1, 2))  # (N, T, D)
+            y = y * self.merge_weight.to(y.dtype)[:, None]
+        return y
 
     def scan_orders(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens (N, T, D) -> (N, K, Di, L): each order's gated scan output in its reading order, before
         the merge and `out_proj` (for blocks that merge differently, e.g. the released ViM baseline)."""
+        batch = x.shape[0]
+        k, length = self.orders.shape
+        return self._scan(x).view(batch, k, self.d_inner, length)
+
+    def _scan(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (N, T, D) -> (N·K, Di, L), sequence n·K + k = order k of sample n."""
         batch, num_tokens, _ = x.shape
         if num_tokens != self.restore.shape[1]:
             raise ValueError(f"mixer built for {self.restore.shape[1]} tokens, got {num_tokens}")
         k, length = self.orders.shape
-        xz = self.in_proj(x)  # (N, T, 2Di)
-        # All K orders stacked on the batch dimension: (N·K, 2Di, L), sequence n·K + k = order k of sample n.
-        xz = xz[:, self.orders.flatten()].reshape(batch * k, length, 2 * self.d_inner).transpose(1, 2)
-        u, z = xz.chunk(2, dim=1)  # (N·K, Di, L) each
+        xz = read_orders(self.in_proj(x), self.orders, self.restore, self.skips_tokens)  # (N, K, L, 2Di)
+        # One copy into the channel-first layout (unit stride along L) that the conv and the scan kernel read.
+        xz = xz.view(batch * k, length, 2 * self.d_inner).transpose(1, 2).contiguous()  # (N·K, 2Di, L)
+        u, z = xz.chunk(2, dim=1)  # (N·K, Di, L) each, views
         u = F.silu(self.conv1d(u)[..., :length])  # causal: keep outputs that saw only the past
         dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # (N·K, Di, L); bias added inside the scan
+        # W·dtᵀ lands directly in (N·K, Di, L) layout, so the scan needs no copy of delta; bias in the scan.
+        delta = torch.matmul(self.dt_proj.weight.to(dt.dtype), dt.transpose(1, 2))
         A = -torch.exp(self.A_log.float())  # (Di, N)
-        y = selective_scan(
+        return selective_scan(
             u, delta, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
             delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
         )  # (N·K, Di, L)
-        return y.reshape(batch, k, self.d_inner, length)
+
+
+class _ReadOrders(torch.autograd.Function):
+    """x (N, T, C) -> (N, K, L, C) with out[:, k, j] = x[:, orders[k, j]]; its adjoint is `_MergeOrders`.
+
+    PyTorch would back-propagate an indexing by scattering with atomic adds (`index_put_` with
+    accumulate); since reading and merging are each other's adjoints, both directions are plain gathers.
+    """
+
+    @staticmethod
+    def forward(ctx, x, orders, restore, skips_tokens):
+        ctx.save_for_backward(orders, restore)
+        ctx.skips_tokens = skips_tokens
+        k, length = orders.shape
+        return x[:, orders.flatten()].view(x.shape[0], k, length, x.shape[2])
+
+    @staticmethod
+    def backward(ctx, grad):
+        orders, restore = ctx.saved_tensors
+        return _merge(grad, restore, ctx.skips_tokens), None, None, None
+
+
+class _MergeOrders(torch.autograd.Function):
+    """y (N, K, L, C) -> (N, T, C) with out[:, t] = Σ_k y[:, k, restore[k, t]] (a zero for tokens that
+    order k does not read); its adjoint is `_ReadOrders`."""
+
+    @staticmethod
+    def forward(ctx, y, orders, restore, skips_tokens):
+        ctx.save_for_backward(orders, restore)
+        return _merge(y, restore, skips_tokens)
+
+    @staticmethod
+    def backward(ctx, grad):
+        orders, restore = ctx.saved_tensors
+        k, length = orders.shape
+        return grad[:, orders.flatten()].view(grad.shape[0], k, length, grad.shape[2]), None, None, None
+
+
+def _merge(y: torch.Tensor, restore: torch.Tensor, skips_tokens: bool) -> torch.Tensor:
+    if skips_tokens:
+        y = F.pad(y, (0, 0, 0, 1))  # a zero row at position L for the tokens an order skips
+    order_index = torch.arange(y.shape[1], device=y.device)[:, None]  # (K, 1)
+    return y[:, order_index, restore].sum(dim=1)
+
+
+def read_orders(
+    x: torch.Tensor, orders: torch.Tensor, restore: torch.Tensor, skips_tokens: bool
+) -> torch.Tensor:
+    """Tokens (N, T, C) read in K orders -> (N, K, L, C); see `_ReadOrders`."""
+    return _ReadOrders.apply(x, orders, restore, skips_tokens)
+
+
+def merge_orders(
+    y: torch.Tensor, orders: torch.Tensor, restore: torch.Tensor, skips_tokens: bool
+) -> torch.Tensor:
+    """K sequences (N, K, L, C) back to token positions, summed over orders -> (N, T, C)."""
+    return _MergeOrders.apply(y, orders, restore, skips_tokens)
