@@ -7,9 +7,11 @@ Usage (on the GPU machine, after `source benchmarks/device_env.sh`):
     python3 benchmarks/backbone.py --released PATH   # the authors' code beside ours
 
 Timing: CUDA events around each step after warm-up, median of `--repeat` steps; peak memory from
-torch.cuda.max_memory_allocated. A training step is forward + MSE loss + backward + AdamW step (lr 1e-4, the
-released optimiser), inputs drawn at random once per configuration (never zeros). `fp32` allows TF32 matrix
-units (as the released numbers in REFERENCE.md were taken); `bf16` is autocast with float32 weights.
+torch.cuda.max_memory_allocated. A training step is forward + MSE loss + backward + AdamW step (lr 1e-4,
+the released optimiser); "forward" is a no-grad forward; "graph" replays that forward captured in a CUDA
+graph (how a sampler can run it). Inputs are drawn at random once per configuration (never zeros). `fp32`
+allows TF32 matrix units (as the released numbers in REFERENCE.md were taken); `bf16` is autocast with
+float32 weights.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ GRID = {
     "batches": [8, 32, 64],
     "resolutions": [224, 512],
     "dtypes": ["fp32", "bf16"],
-    "modes": ["train", "forward"],
+    "modes": ["train", "forward", "graph"],
 }
 
 
@@ -75,12 +77,24 @@ def benchmark(model, *, batch, latent, dtype, mode, warmup, repeat):
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    else:
+    elif mode == "forward":
         model.eval()
 
         def step():
             with torch.no_grad(), autocast:
                 model(*inputs)
+    else:  # "graph": the forward captured once in a CUDA graph and replayed (how a sampler can run it)
+        model.eval()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.no_grad(), autocast:
+            for _ in range(3):
+                model(*inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad(), autocast:
+            model(*inputs)
+        step = graph.replay
 
     torch.cuda.reset_peak_memory_stats()
     times = time_steps(step, warmup, repeat)
@@ -89,10 +103,13 @@ def benchmark(model, *, batch, latent, dtype, mode, warmup, repeat):
             "spread_ms": max(times) - min(times)}
 
 
-def build_ours(name: str, latent: int):
+def build_ours(name: str, latent: int, scan: str | None = None):
     from diffma_cli.models import create_model
 
-    return create_model(name, input_size=latent)
+    overrides = {"input_size": latent}
+    if scan and name.startswith("DiffMa"):
+        overrides["scan"] = scan
+    return create_model(name, **overrides)
 
 
 def build_released(path: str, name: str, latent: int):
@@ -112,6 +129,8 @@ def main(argv=None) -> int:
     for key, default in GRID.items():
         parser.add_argument(f"--{key}", default=",".join(map(str, default)))
     parser.add_argument("--released", help="checkout of the released DiffMa code to time beside ours")
+    parser.add_argument("--scan", choices=["released", "spiral"], help="scan mode of our DiffMa models")
+    parser.add_argument("--compile", action="store_true", help="torch.compile our models first")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--json", help="write all rows to this file")
@@ -123,7 +142,7 @@ def main(argv=None) -> int:
     torch.backends.cudnn.allow_tf32 = True
     card = torch.cuda.get_device_name(0)
     rows = []
-    builders = [("ours", build_ours)]
+    builders = [("ours", lambda name, latent: build_ours(name, latent, args.scan))]
     if args.released:
         builders.append(("released", lambda name, latent: build_released(args.released, name, latent)))
     for code, build in builders:
@@ -136,6 +155,8 @@ def main(argv=None) -> int:
                     print(f"skip {code} {name}: {error}", file=sys.stderr)
                     continue
                 params = sum(p.numel() for p in model.parameters()) / 1e6
+                if args.compile and code == "ours":
+                    model = torch.compile(model)
                 for mode in args.modes.split(","):
                     for dtype in args.dtypes.split(","):
                         for batch in map(int, args.batches.split(",")):
