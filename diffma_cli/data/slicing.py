@@ -6,6 +6,11 @@ SimpleITK reports it. Each kept axial slice (ny, nx) is placed in a square field
 kept) and resampled to `size × size` pixels of `L / size` mm: linear interpolation for CT and MR, nearest
 for the mask; samples in the padding take `fill`. Undoing maps every original voxel centre back into the
 square and interpolates the slices there (same orders); axial slices that were not kept take `fill`.
+Where slicing shrinks an image (pelvis: ~2.5 voxels per pixel), CT and MR are first smoothed with a
+Gaussian of sigma = (factor - 1) / 2 voxels per axis, as scikit-image's `resize(anti_aliasing=True)` does
+(and as the released code's PIL bilinear resize effectively did), so that noise and edges do not alias;
+the record holds these sigmas (`antialias_px`). Undoing does not smooth: it samples the slices at the
+original voxel centres, which reproduces a prepared volume up to interpolation error.
 
 Public interface (used by `prepare`, `convert` and `eval`; kept stable):
 
@@ -35,7 +40,8 @@ def plan_slicing(shape_zyx, spacing_xyz, body: np.ndarray | None = None, size: i
     """Everything needed to slice a volume of `shape_zyx` and undo it (JSON-able dict).
 
     Keys: version, size, shape_zyx, spacing_xyz, field_of_view_mm (side of the square), slices (kept z
-    indices, ascending), plus origin/direction when `geometry` gives them.
+    indices, ascending), antialias_px (Gaussian sigmas [y, x] in voxels applied before shrinking; absent in
+    older records: none), plus origin/direction when `geometry` gives them.
     """
     shape_zyx = [int(n) for n in shape_zyx]
     spacing_xyz = [float(s) for s in spacing_xyz]
@@ -49,12 +55,29 @@ def plan_slicing(shape_zyx, spacing_xyz, body: np.ndarray | None = None, size: i
             raise ValueError(f"body mask shape {body.shape} differs from the volume shape {shape_zyx}")
         slices = [int(z) for z in np.flatnonzero(body.reshape(shape_zyx[0], -1).any(axis=1))]
     field_of_view = max(shape_zyx[1] * spacing_xyz[1], shape_zyx[2] * spacing_xyz[0])
+    # Shrink factor per in-plane axis (y, x): square pixel size over voxel size.
+    factor = (field_of_view / size / spacing_xyz[1], field_of_view / size / spacing_xyz[0])
     record = {"version": RECORD_VERSION, "size": int(size), "shape_zyx": shape_zyx,
-              "spacing_xyz": spacing_xyz, "field_of_view_mm": float(field_of_view), "slices": slices}
+              "spacing_xyz": spacing_xyz, "field_of_view_mm": float(field_of_view), "slices": slices,
+              "antialias_px": _antialias_sigma(factor)}
     for key in ("origin", "direction"):
         if geometry and key in geometry:
             record[key] = [float(v) for v in geometry[key]]
     return record
+
+
+def _antialias_sigma(factor) -> list[float]:
+    """Gaussian sigma (in input pixels) before shrinking by `factor`: (factor - 1) / 2, 0 when enlarging."""
+    return [round(float(max(0.0, (f - 1.0) / 2.0)), 6) for f in factor]
+
+
+def _smooth(stack: np.ndarray, sigma_yx, interpolation: str) -> np.ndarray:
+    """Anti-alias the (y, x) planes of a (n, h, w) stack before shrinking; masks (nearest) stay sharp."""
+    if interpolation != "linear" or not any(s > 0 for s in sigma_yx):
+        return stack
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(np.asarray(stack, np.float32), (0.0, *sigma_yx), mode="nearest")
 
 
 def _square_from_slice(record: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +142,8 @@ def slice_volume(volume: np.ndarray, record: dict, interpolation: str = "linear"
         raise ValueError(f"volume shape {volume.shape} differs from the record's {record['shape_zyx']}")
     scale, offset = _square_from_slice(record)
     size = record["size"]
-    slices = _resample_stack(volume[record["slices"]], scale, offset, (size, size), _order(interpolation))
+    stack = _smooth(volume[record["slices"]], record.get("antialias_px", (0.0, 0.0)), interpolation)
+    slices = _resample_stack(stack, scale, offset, (size, size), _order(interpolation))
     slices[:, _outside(record)] = fill
     return slices
 
