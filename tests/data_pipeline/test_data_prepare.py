@@ -46,9 +46,10 @@ def test_synth_writes_a_synthrad_tree(synthetic):
 
 
 def test_synth_is_deterministic_and_refuses_existing_output(tmp_path):
-    for name in ("a", "b"):
-        assert _invoke("synth", tmp_path / name, "--anatomy", "pelvis", "--cases", 1, "--size", "small",
-                       "--seed", 5).exit_code == 0
+    """A case depends on the seed only: not on how many cases are made or by how many workers."""
+    for name, cases, workers in (("a", 1, 1), ("b", 2, 2)):
+        assert _invoke("synth", tmp_path / name, "--anatomy", "pelvis", "--cases", cases, "--size", "small",
+                       "--seed", 5, "--workers", workers).exit_code == 0
     one, two = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / n / "Task1/pelvis/1PA001/mr.nii.gz")))
                 for n in ("a", "b"))
     assert np.array_equal(one, two)
