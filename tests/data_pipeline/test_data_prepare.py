@@ -217,3 +217,12 @@ def test_several_anatomies_need_a_choice(tiny_tree, tmp_path):
     result = _invoke("prepare", tiny_tree, "-o", out, "--anatomy", "brain")
     assert result.exit_code == 0, result.output
     assert sorted(load_manifest(out)["cases"]) == ["1BA001", "1BB001", "1BC001"]
+
+
+def test_all_header_problems_are_counted_in_the_one_line(tmp_path):
+    root = _tree(tmp_path)
+    (root / "1BA001" / "mr.nii.gz").unlink()
+    (root / "1BA003" / "ct.nii.gz").write_text("not an image")
+    out = tmp_path / "data"
+    _assert_fails_cleanly(_invoke("prepare", root, "-o", out), out, 2,
+                          "case 1BA001: mr is missing", "and 1 more bad case: 1BA003", "--skip-bad")
