@@ -140,3 +140,18 @@ def test_folder_input_resumes_and_stops_cleanly_on_a_bad_case(tmp_path, run_dir)
 def test_help_lists_convert():
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0 and "convert" in result.output
+
+
+def test_mr_to_ct_run_writes_hu_with_a_body_found_in_the_mr(tmp_path, mr_to_ct_run):
+    from conftest import BODY_SLICES, body_of
+
+    body = body_of()
+    mr = np.where(body, 400.0 + 20 * np.cos(np.arange(SHAPE[2]) / 2.0), 3.0).astype(np.float32)
+    source = tmp_path / "cases" / "1PA001" / "mr.nii.gz"  # SynthRAD layout: an MR->CT run reads mr.*
+    write(mr, source)
+    result = invoke(tmp_path / "cases", "-o", tmp_path / "pred", "--model", mr_to_ct_run, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pred" / "1PA001.nii.gz")))
+    outside = [z for z in range(SHAPE[0]) if z not in BODY_SLICES]  # Otsu found no body there
+    assert (ct[outside] == -1024.0).all()
+    assert ct.min() >= -1024.0 and ct.max() <= 3000.0 and ct[list(BODY_SLICES)].std() > 1.0
