@@ -26,6 +26,7 @@ input's. `convert_path` does files, DICOM series folders and folders of volumes 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -71,7 +72,6 @@ class ConversionModels:
     def direction(self) -> str:
         """"ct->mr" or "mr->ct" (recipe data.direction)."""
         return self.recipe.data.direction
-
 
 
 def load_models(run_dir: str | Path, device: str = "auto") -> ConversionModels:
@@ -126,8 +126,6 @@ class StageClock:
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
-        import time
-
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
