@@ -1,15 +1,9 @@
-"""The shared training loop on a tiny stand-in task: learning, exact resume, DDP = single process."""
-
-import json
-import os
-import socket
+"""The shared training loop on a tiny stand-in task: learning, exact resume, accumulation, errors."""
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from torch.utils.data import Dataset
+from standins import RegressionTask, regression_settings
 
-from diffma_cli.config import TrainingConfig
 from diffma_cli.errors import InputError
 from diffma_cli.train import run_log
 from diffma_cli.train.checkpoint import latest_checkpoint
@@ -17,48 +11,12 @@ from diffma_cli.train.distributed import processes
 from diffma_cli.train.loop import fit
 
 
-class PairsDataset(Dataset):
-    """y = x @ w_true + 0.5 with fixed x: 24 samples of 6 features."""
-
-    def __init__(self):
-        generator = torch.Generator().manual_seed(123)
-        self.x = torch.randn(24, 6, generator=generator)
-        self.y = self.x @ torch.linspace(-1, 1, 6) + 0.5
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, index):
-        return {"x": self.x[index], "y": self.y[index]}
-
-
-class RegressionTask:
-    """A small MLP regressing y from x plus per-sample input noise (so the per-sample randomness is used)."""
-
-    find_unused_parameters = False
-
-    def __init__(self):
-        torch.manual_seed(0)
-        self.model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.SiLU(), torch.nn.Linear(16, 1))
-        self.dataset = PairsDataset()
-
-    def loss(self, model, batch, randomness):
-        noisy = batch["x"] + 0.01 * randomness.randn(6)
-        return ((model(noisy).squeeze(-1) - batch["y"]) ** 2).mean()
-
-
-def settings(**changes):
-    values = dict(lr=3e-2, global_batch_size=8, epochs=3, ema_decay=0.5, checkpoint_every=100, log_every=1,
-                  seed=7, num_workers=0, precision="fp32")
-    values.update(changes)
-    return TrainingConfig(**values)
-
-
 def run(tmp_path, name, resume=False, **changes):
     run_dir = tmp_path / name
     run_dir.mkdir(exist_ok=True)
     with processes("cpu") as where:
-        return fit(RegressionTask(), settings(**changes), run_dir, where, resume=resume, progress=False)
+        return fit(RegressionTask(), regression_settings(**changes), run_dir, where, resume=resume,
+                   progress=False)
 
 
 def test_loss_falls_on_a_fixed_batch(tmp_path):
@@ -106,36 +64,6 @@ def test_bad_batch_settings_are_input_errors(tmp_path):
         run(tmp_path, "c", resume=True)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world_size, port, run_dir, out_dir):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    with processes("cpu") as where:
-        result = fit(RegressionTask(), settings(), run_dir, where, progress=False)
-    weights = {k: v.tolist() for k, v in result.ema.state_dict().items()}
-    (out_dir / f"rank{rank}.json").write_text(json.dumps({"losses": result.losses, "ema": weights}))
-
-
-def test_two_process_ddp_matches_one_process(tmp_path):
-    single = run(tmp_path, "single")
-    (tmp_path / "ddp").mkdir()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), tmp_path / "ddp", tmp_path), nprocs=2, join=True)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert ranks[0]["losses"] == ranks[1]["losses"]  # every rank logs the global mean
-    assert ranks[0]["losses"] == pytest.approx(single.losses, rel=1e-5)
-    for name, value in single.ema.state_dict().items():
-        assert torch.tensor(ranks[0]["ema"][name]) == pytest.approx(value, abs=1e-5)
-    # Only rank 0 wrote the log and the checkpoints.
-    assert len(run_log.read_records(tmp_path / "ddp")) == 9
-    assert latest_checkpoint(tmp_path / "ddp").name == "step-0000009"
-
-
 def test_precision_is_bf16_autocast_on_cuda_and_fp32_on_cpu():
     from diffma_cli.train.loop import autocast_dtype
 
@@ -149,8 +77,8 @@ def test_bf16_training_on_cuda_learns_and_resumes(tmp_path):
     def cuda_run(name, resume=False, **changes):
         (tmp_path / name).mkdir(exist_ok=True)
         with processes("cuda") as where:
-            return fit(RegressionTask(), settings(precision="auto", **changes), tmp_path / name, where,
-                       resume=resume, progress=False)
+            return fit(RegressionTask(), regression_settings(precision="auto", **changes), tmp_path / name,
+                       where, resume=resume, progress=False)
 
     whole = cuda_run("whole", global_batch_size=24, epochs=1, steps=30)
     assert all(torch.isfinite(torch.tensor(whole.losses))) and whole.losses[-1] < 0.3 * whole.losses[0]
