@@ -20,6 +20,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("eval", "evaluate:evaluate"),
     ("import-weights", "weights:import_weights"),
     ("info", "weights:info"),
+    ("demo", "demo:demo"),
 ]
 
 

@@ -114,12 +114,14 @@ def tiny_autoencoder(seed: int = 0) -> AutoencoderKL:
 
 
 def _load_autoencoder(source: str, config: str | None, offline: bool) -> AutoencoderKL:
+    # low_cpu_mem_usage=False: diffusers' low-memory path needs `accelerate` (not a dependency) and warns
+    # on every load without it; a VAE of 84 M parameters loads fine the ordinary way.
     kind = source_kind(source)
     if kind == TINY:
         return tiny_autoencoder()
     if kind == "folder":
         try:
-            return AutoencoderKL.from_pretrained(source, local_files_only=True)
+            return AutoencoderKL.from_pretrained(source, local_files_only=True, low_cpu_mem_usage=False)
         except (OSError, ValueError) as error:
             raise InputError(f"not a diffusers AutoencoderKL folder ({error})", path=source,
                              hint="expected config.json and diffusion_pytorch_model.safetensors") from error
@@ -133,7 +135,7 @@ def _load_autoencoder(source: str, config: str | None, offline: bool) -> Autoenc
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise InputError(f"cannot read AutoencoderKL weights ({error})", path=source) from error
     try:
-        return AutoencoderKL.from_pretrained(source, local_files_only=offline)
+        return AutoencoderKL.from_pretrained(source, local_files_only=offline, low_cpu_mem_usage=False)
     except OSError as error:
         raise hub_unreachable(source, offline, "VAE", error) from error
 
