@@ -16,9 +16,10 @@ per block, REFERENCE.md section 5) and BiomedCLIP's visual tower (timm ViT-B/16 
 Random weights cost the same time as trained ones. `--tiny`: tiny VAE/CLIP stand-ins and a one-block
 DiffMa-S/7, for a CPU smoke test of this script.
 
-Stages come from `StageClock` (CUDA events around each call, summed): vae (encode + decode), clip,
-embedder, backbone (network evaluations only); "rest" = total - stages (scheduler arithmetic, slicing,
-copies). One warm-up conversion of a few slices runs first (cuDNN autotuning, mamba-ssm kernels load).
+Stages come from `StageClock` (CUDA events around each call, summed): prepare (input check, body mask,
+normalisation, slicing; CPU), vae (encode + decode), clip, embedder, backbone (network evaluations only),
+finish (undoing the slicing, mean/std; CPU); "rest" = total - stages (scheduler arithmetic, copies).
+One warm-up conversion of a few slices runs first (cuDNN autotuning, mamba-ssm kernels load).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import time
 import numpy as np
 import torch
 
-STAGES = ("vae", "clip", "embedder", "backbone")
+STAGES = ("prepare", "vae", "clip", "embedder", "backbone", "finish")
 # The SD VAE (stabilityai/sd-vae-ft-ema) architecture: REFERENCE.md section 5.
 SD_VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
                      up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
@@ -136,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{model}, {args.sampler}, noise {args.noise}, {args.slices} slices of {args.side}² -> 224², "
           f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}, scan backend {scan}, {card}, "
           f"torch {torch.__version__}, peak memory {peak}")
-    print("| steps | batch | total s | s/slice | VAE s | CLIP s | embedder s | backbone s | rest s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| steps | batch | total s | s/slice | prepare s | VAE s | CLIP s | embedder s | backbone s "
+          "| finish s | rest s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for steps, batch_size, total, stages in rows:
         parts = [stages.get(stage, 0.0) for stage in STAGES]
         print(f"| {steps} | {batch_size} | {total:.2f} | {total / args.slices:.4f} | "

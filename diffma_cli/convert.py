@@ -357,12 +357,23 @@ def _output_image(values: np.ndarray, like):
     return image
 
 
-def convert_array(values: np.ndarray, spacing_xyz, models: ConversionModels, *, options: SamplingOptions,
-                  body: np.ndarray | None = None, mask: bool = False, progress: bool = True,
-                  source: str | Path | None = None, clock=None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The array core of `convert_volume` (no SimpleITK): values (z, y, x) of the source modality with voxel
-    spacing (x, y, z) mm, optional bool body (z, y, x) -> (float32 mean (z, y, x), std or None)."""
-    source_modality, target_modality = models.direction.split("->")
+def _mean_and_std(volumes, count: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-voxel mean and standard deviation (ddof 1; None for one volume) of `count` float32 volumes."""
+    if count == 1:
+        return next(iter(volumes)), None
+    total = squares = None
+    for volume in volumes:
+        volume = volume.astype(np.float64)
+        total = volume if total is None else total + volume
+        squares = volume**2 if squares is None else squares + volume**2
+    variance = (squares - total**2 / count) / (count - 1)
+    return (total / count).astype(np.float32), np.sqrt(np.clip(variance, 0.0, None)).astype(np.float32)
+
+
+def prepare_slices(values: np.ndarray, spacing_xyz, models: ConversionModels, body: np.ndarray | None = None,
+                   source: str | Path | None = None) -> tuple[np.ndarray, dict, np.ndarray]:
+    """Steps 1-3: check, find the body, normalise and slice -> ((n, S, S) slices, slicing record, body)."""
+    source_modality = models.direction.split("->")[0]
     values = np.asarray(values, dtype=np.float32)
     check_input(values, source_modality, source)
     body = body_from_image(values, source_modality, spacing_xyz) if body is None else np.asarray(body, bool)
@@ -372,36 +383,42 @@ def convert_array(values: np.ndarray, spacing_xyz, models: ConversionModels, *, 
     if not body.any():
         raise InputError("no body found in the volume (an empty body mask)", path=source,
                          hint="check the input, or give its body mask")
-
     unit = normalise_input(values, source_modality, body, models.recipe, source)
     record = plan_slicing(values.shape, spacing_xyz, body, models.recipe.data.image_size)
-    slices = slice_volume(unit, record, "linear", BACKGROUND)
-    generated = sample_slices(models, slices, options, progress=progress, clock=clock)
+    return slice_volume(unit, record, "linear", BACKGROUND), record, body
 
+
+def finish_volume(generated: np.ndarray, record: dict, body: np.ndarray, models: ConversionModels,
+                  options: SamplingOptions, mask: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Steps 5-6: generated (samples, n, S, S) -> (mean, std or None) on the input grid, in output units."""
     z_range = (record["slices"][0], record["slices"][-1])
-    samples = options.samples
-    total = np.zeros(values.shape, np.float64)
-    squares = np.zeros(values.shape, np.float64) if samples > 1 else None
-    for one in generated:
-        volume = smooth_along_z(unslice_volume(one, record, "linear", BACKGROUND), options.smooth_z, z_range)
-        total += volume
-        if squares is not None:
-            squares += np.square(volume, dtype=np.float64)
-    mean = (total / samples).astype(np.float32)
-    std = None
-    if squares is not None:
-        variance = (squares - samples * np.square(total / samples)) / (samples - 1)
-        std = np.sqrt(np.clip(variance, 0.0, None)).astype(np.float32)
+    volumes = (smooth_along_z(unslice_volume(one, record, "linear", BACKGROUND), options.smooth_z, z_range)
+               for one in generated)  # (z, y, x) per sample, made one at a time
+    mean, std = _mean_and_std(volumes, options.samples)
     if mask:
         mean[~body] = BACKGROUND
         if std is not None:
             std[~body] = 0.0
-    if target_modality == "ct":
+    if models.direction.split("->")[1] == "ct":
         low, high = models.recipe.data.ct_window_hu
         mean = ct_from_unit(mean, (low, high))
         if std is not None:
             std = std * np.float32((high - low) / 2.0)
     return mean, std
+
+
+def convert_array(values: np.ndarray, spacing_xyz, models: ConversionModels, *, options: SamplingOptions,
+                  body: np.ndarray | None = None, mask: bool = False, progress: bool = True,
+                  source: str | Path | None = None, clock=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The array core of `convert_volume` (no SimpleITK): values (z, y, x) of the source modality with voxel
+    spacing (x, y, z) mm, optional bool body (z, y, x) -> (float32 mean (z, y, x), std or None).
+    `clock` stages: prepare, vae, clip, embedder, backbone, finish."""
+    clock = clock or _no_clock
+    with clock("prepare"):
+        slices, record, body = prepare_slices(values, spacing_xyz, models, body, source)
+    generated = sample_slices(models, slices, options, progress=progress, clock=clock)
+    with clock("finish"):
+        return finish_volume(generated, record, body, models, options, mask)
 
 
 def convert_volume(image, models: ConversionModels, *, body_mask=None, sampler: str | None = None,

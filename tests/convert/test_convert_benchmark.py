@@ -17,6 +17,6 @@ def test_tiny_benchmark_prints_one_row_per_setting(capsys):
     assert len(rows) == 2
     for row in rows:
         cells = [float(cell) for cell in row.strip("|").split("|")]
-        total, stages = cells[2], cells[4:8]
+        total, stages = cells[2], cells[4:10]
         assert total > 0 and all(value >= 0 for value in stages)
         assert sum(stages) <= total + 0.005 * len(stages)  # stages lie within the total (printed rounded)
