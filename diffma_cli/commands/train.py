@@ -67,11 +67,11 @@ def train_vae(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in OUT and start again."),
 ) -> None:
-    """Train a small VAE (diffusers AutoencoderKL, 8x downsampling, 4 latent channels) on the prepared
-    CT and MR slices, for use instead of the Stable Diffusion VAE where that cannot be downloaded.
+    """Train a small VAE (diffusers AutoencoderKL, 8x downsampling, 4 latent channels) on CT and MR slices.
 
-    Reports the reconstruction PSNR on the val split. Pass the folder as the VAE of later steps:
-    --set encoders.vae=VAE_DIR.
+    It replaces the Stable Diffusion VAE where that cannot be downloaded.
+    Reports the reconstruction PSNR on the val split.
+    Pass the folder as the VAE of later steps: --set encoders.vae=VAE_DIR.
 
     Examples:
 
@@ -112,7 +112,7 @@ def train_embedder(
     """Pre-train the CT Vision Embedder with InfoNCE (tau 0.07) on VAE latents of the CT slices.
 
     The frozen encoders' outputs are cached in DATA/latent_cache/ on first use.
-    Several GPUs: torchrun --nproc_per_node 2 -m diffma_cli train-embedder ...
+    Several GPUs: torchrun --standalone --nproc-per-node 2 -m diffma_cli train-embedder ...
 
     Examples:
 
@@ -175,10 +175,10 @@ def train(
 ) -> None:
     """Train the DiffMa diffusion backbone (or a baseline) to turn CT into MR latents.
 
-    Trains on cached VAE latents of the prepared slices with the frozen embedder's tokens and soft mask as
-    conditions; saves EMA weights, the resolved recipe and a copy of the embedder in OUT, so that
+    Trains on cached VAE latents, conditioned on the frozen embedder's tokens and soft mask.
+    Saves EMA weights, the resolved recipe and a copy of the embedder in OUT:
     `diffma convert --model OUT` needs only that folder.
-    Several GPUs: torchrun --nproc_per_node 4 -m diffma_cli train DATA -o RUN ...
+    Several GPUs: torchrun --standalone --nproc-per-node 4 -m diffma_cli train DATA -o RUN ...
 
     Examples:
 

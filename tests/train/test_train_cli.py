@@ -112,3 +112,16 @@ def test_errors_before_training(prepared_data, embedder_run, tmp_path):
     foreign = invoke("train", prepared_data, "-o", tmp_path / "mine", "--overwrite", "--embedder",
                      embedder_run, *TRAIN_ARGS)
     assert foreign.exit_code == 3 and (tmp_path / "mine" / "notes.txt").exists()
+
+
+def test_train_vae_command_reports_psnr_and_scale(prepared_data, tmp_path):
+    out = tmp_path / "vae"
+    result = invoke("train-vae", prepared_data, "-o", out, "--recipe", "demo", "--steps", "1", "--batch-size",
+                    "2", "--set", "vae.block_out_channels=[8, 8, 16, 16]", "--set", "vae.norm_num_groups=4",
+                    "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "run.json").read_text())
+    assert f"CT {info['val_psnr_db']['ct']:.2f} dB" in result.output
+    assert f"--set encoders.vae={out}" in result.output
+    assert (out / "config.json").is_file() and (out / "diffusion_pytorch_model.safetensors").is_file()
+    assert info["data"]["slice_counts"]["val"] == info["val_slices"] > 0
