@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -94,13 +93,11 @@ def _batch_sizes(settings: TrainingConfig, where: Processes, dataset_size: int) 
 
 
 def fit(task: Task, settings: TrainingConfig, run_dir: str | Path, where: Processes, *,
-        resume: bool = False, progress: bool = True, description: str = "train",
-        on_checkpoint: Callable[[TrainState, torch.nn.Module], None] | None = None) -> FitResult:
+        resume: bool = False, progress: bool = True, description: str = "train") -> FitResult:
     """Train `task.model` as `settings` say; checkpoints and `log.jsonl` go to `run_dir` (from rank 0).
 
     With `resume`, training continues from the latest checkpoint in `run_dir` and gives the same losses
     as an uninterrupted run. `settings.steps` (> 0) or `settings.epochs` set where training stops.
-    `on_checkpoint(state, ema)` runs on rank 0 after each checkpoint (e.g. to export the EMA weights).
     """
     from tqdm.auto import tqdm
 
@@ -193,23 +190,20 @@ def fit(task: Task, settings: TrainingConfig, run_dir: str | Path, where: Proces
             bar.update(1)
 
             if state.step % settings.checkpoint_every == 0 or state.step == total_steps:
-                _checkpoint(run_dir, model, ema, optimizer, state, where, on_checkpoint)
+                _checkpoint(run_dir, model, ema, optimizer, state, where)
                 last_saved = state.step
         if state.batch_in_epoch >= steps_per_epoch:
             state.epoch += 1
             state.batch_in_epoch = 0
     if last_saved != state.step:
-        _checkpoint(run_dir, model, ema, optimizer, state, where, on_checkpoint)
+        _checkpoint(run_dir, model, ema, optimizer, state, where)
     bar.close()
     elapsed = time.perf_counter() - fit_start
     return FitResult(model=model, ema=ema, losses=losses, state=state,
                      images_per_second=fit_images / elapsed if fit_images else 0.0)
 
 
-def _checkpoint(run_dir: Path, model, ema, optimizer, state: TrainState, where: Processes,
-                on_checkpoint) -> None:
+def _checkpoint(run_dir: Path, model, ema, optimizer, state: TrainState, where: Processes) -> None:
     if where.is_main:
         save_checkpoint(run_dir, model, ema, optimizer, state)
-        if on_checkpoint is not None:
-            on_checkpoint(state, ema)
     barrier(where)

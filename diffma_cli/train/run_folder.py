@@ -27,7 +27,6 @@ RUN_INFO = "run.json"
 RECIPE = "recipe.yaml"
 BACKBONE = "backbone.safetensors"
 EMBEDDER = "embedder.safetensors"
-KINDS = ("vae", "embedder", "diffusion")
 
 
 def prepare_run_folder(path: str | Path, *, overwrite: bool, resume: bool, create: bool = True) -> Path:
