@@ -10,9 +10,12 @@ Semantics are mamba-ssm's `selective_scan_fn` / `selective_scan_ref` (channel-fi
 
 Backends:
 - ``"mamba_ssm"``: mamba-ssm's fused CUDA kernel; imported lazily, CUDA tensors only.
+- ``"triton"``: our Triton kernel for short sequences (`selective_scan_triton.py`), forward only (no
+  autograd); imported lazily, CUDA tensors (or CPU tensors under TRITON_INTERPRET=1, for tests).
 - ``"torch"``: `selective_scan_blocked`, our faster PyTorch implementation (any device).
 - ``"reference"``: `selective_scan_ref`, a plain step loop, the readable definition used by tests.
-- ``"auto"`` (default): mamba_ssm when it imports and the tensors are on CUDA, else torch.
+- ``"auto"`` (default): on CUDA, triton when no gradient is needed (grad mode off or no input requires
+  grad), the dtype is float32/bfloat16/float16 and triton imports; else mamba_ssm when it imports; else torch.
 
 Force one with the `backend=` argument or, for a whole model, the `scan_backend(name)` context manager.
 Computation is in float32 (float64 when u is float64), like mamba-ssm, whatever the input dtype.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable, Iterator
 
 import torch
@@ -29,12 +33,17 @@ import torch.nn.functional as F
 
 from diffma_cli.errors import EnvironmentProblem
 
-BACKENDS = ("auto", "mamba_ssm", "torch", "reference")
+BACKENDS = ("auto", "mamba_ssm", "triton", "torch", "reference")
+#: Input dtypes the Triton kernel reads (it computes in float32); float64 stays on the other backends.
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _forced_backend: str | None = None
 _mamba_ssm_fn: Callable | None = None
 _mamba_ssm_error: str | None = None
 _mamba_ssm_tried = False
+_triton_fn: Callable | None = None
+_triton_error: str | None = None
+_triton_tried = False
 
 
 def _compute_dtype(u: torch.Tensor) -> torch.dtype:
@@ -164,13 +173,56 @@ def mamba_ssm_scan_fn() -> Callable | None:
     return _mamba_ssm_fn
 
 
-def resolve_backend(backend: str | None, u: torch.Tensor) -> str:
-    """The concrete backend ("mamba_ssm", "torch" or "reference") a call with tensor u will use."""
+def triton_scan_fn() -> Callable | None:
+    """Our Triton forward (`selective_scan_triton.selective_scan_forward`), or None when triton cannot be
+    imported. Imported on first use only (importing diffma never needs triton); the result is cached."""
+    global _triton_fn, _triton_error, _triton_tried
+    if not _triton_tried:
+        _triton_tried = True
+        try:
+            from diffma_cli.models.ops.selective_scan_triton import selective_scan_forward
+        except Exception as error:  # ImportError, or a triton install broken for this platform
+            _triton_error = f"{type(error).__name__}: {error}"
+        else:
+            _triton_fn = selective_scan_forward
+    return _triton_fn
+
+
+def _triton_interpreting() -> bool:
+    """Whether triton kernels run in its CPU interpreter (TRITON_INTERPRET=1, set before importing triton)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will record a call on these tensors."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def resolve_backend(backend: str | None, u: torch.Tensor, grad: bool = False) -> str:
+    """The concrete backend ("mamba_ssm", "triton", "torch" or "reference") a call with tensor u will use;
+    `grad`: whether the call needs a backward (the triton backend has none)."""
     name = backend or _forced_backend or "auto"
     if name not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
-        return "mamba_ssm" if u.is_cuda and mamba_ssm_scan_fn() is not None else "torch"
+        if not u.is_cuda:
+            return "torch"
+        if not grad and u.dtype in TRITON_DTYPES and triton_scan_fn() is not None:
+            return "triton"
+        return "mamba_ssm" if mamba_ssm_scan_fn() is not None else "torch"
+    if name == "triton":
+        if triton_scan_fn() is None:
+            raise EnvironmentProblem(f"the triton selective-scan backend was requested but triton cannot be "
+                                     f"imported ({_triton_error})", hint="install triton, or use 'auto'")
+        if not (u.is_cuda or _triton_interpreting()):
+            raise EnvironmentProblem("the triton selective-scan backend needs CUDA tensors",
+                                     hint="move the model to a GPU or use the 'torch' backend")
+        if grad:
+            raise EnvironmentProblem("the triton selective-scan backend has no backward pass",
+                                     hint="run it under torch.no_grad(), or use 'auto' (mamba_ssm trains)")
+        if u.dtype not in TRITON_DTYPES:
+            raise EnvironmentProblem(f"the triton selective-scan backend does not take {u.dtype} inputs",
+                                     hint="use float32, bfloat16 or float16, or the 'torch' backend")
     if name == "mamba_ssm":
         if mamba_ssm_scan_fn() is None:
             raise EnvironmentProblem(
@@ -201,8 +253,10 @@ def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend: str | None = None
 ):
     """The selective scan (see module docstring) on the chosen backend; returns (batch, Di, L)."""
-    name = resolve_backend(backend, u)
+    name = resolve_backend(backend, u, grad=needs_grad(u, delta, A, B, C, D, z, delta_bias))
     if name == "mamba_ssm":
         return mamba_ssm_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if name == "triton":
+        return triton_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     scan = selective_scan_blocked if name == "torch" else selective_scan_ref
     return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

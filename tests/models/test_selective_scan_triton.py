@@ -1,0 +1,226 @@
+"""The Triton selective-scan forward against the step-loop reference `selective_scan_ref`.
+
+On any machine the kernel runs in Triton's CPU interpreter. TRITON_INTERPRET=1 must be set before triton is
+imported and decides for the whole process, so those runs happen in one worker subprocess (this file run
+with --worker) that the tests send inputs to; the reference runs here. On a GPU (`-m gpu`) the compiled
+kernel runs in-process on CUDA, and "auto" dispatch is checked there.
+"""
+
+import io
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from diffma_cli.errors import EnvironmentProblem
+from diffma_cli.models.ops import selective_scan as ops
+
+ALL_OPTIONS = {"D": True, "z": True, "delta_bias": True, "delta_softplus": True}
+OPTIONS = [{}, {"D": True}, {"z": True}, {"delta_bias": True, "delta_softplus": True}, ALL_OPTIONS]
+
+
+def make_inputs(batch, dim, length, state, dtype, options, device="cpu", seed=0):
+    """Scan inputs as the mixer passes them: activations in `dtype`, A, D, delta_bias in float32; A as Mamba
+    initialises it, -(1 ... N) per channel, jittered by 10 %; delta >= 0 when no softplus follows."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0, dtype=dtype):
+        return (torch.randn(*shape, generator=g) * scale).to(device, dtype)
+
+    delta = rand(batch, dim, length, scale=0.5)
+    a_init = torch.arange(1, state + 1, dtype=torch.float32).repeat(dim, 1).to(device)
+    args = {
+        "u": rand(batch, dim, length),
+        "delta": delta if options.get("delta_softplus") else delta.abs(),
+        "A": -a_init * (1 + 0.1 * rand(dim, state, dtype=torch.float32)),
+        "B": rand(batch, state, length),
+        "C": rand(batch, state, length),
+        "delta_softplus": options.get("delta_softplus", False),
+    }
+    if options.get("D"):
+        args["D"] = rand(dim, dtype=torch.float32)
+    if options.get("z"):
+        args["z"] = rand(batch, dim, length)
+    if options.get("delta_bias"):
+        args["delta_bias"] = rand(dim, scale=0.5, dtype=torch.float32)
+    return args
+
+
+def reference(args):
+    """`selective_scan_ref` on the same inputs; its output is rounded to u's dtype, like the kernel's."""
+    with torch.no_grad():
+        return ops.selective_scan_ref(**args)
+
+
+def assert_matches(out, expected, rtol):
+    """Same dtype and shape, and max |out - expected| <= rtol · max |expected| (plus one unit of the output
+    dtype's rounding at that size, since both sides round a float32 result to that dtype)."""
+    assert out.dtype == expected.dtype and out.shape == expected.shape
+    scale = expected.float().abs().max().item()
+    rounding = torch.finfo(expected.dtype).eps * scale if expected.dtype != torch.float32 else 0.0
+    error = (out.float() - expected.float()).abs().max().item()
+    assert error <= rtol * scale + rounding, f"max error {error:.3g} at scale {scale:.3g}"
+
+
+# --- the interpreter worker -------------------------------------------------------------------------------
+
+def _send(stream, obj):
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    stream.write(struct.pack("<Q", buffer.tell()) + buffer.getvalue())
+    stream.flush()
+
+
+def _receive(stream):
+    header = stream.read(8)
+    if len(header) < 8:
+        return None
+    (size,) = struct.unpack("<Q", header)
+    return torch.load(io.BytesIO(stream.read(size)), weights_only=False)
+
+
+def _worker() -> None:
+    """Answer each request {"args", "tile", "grad"} with the triton backend's output, or an error text.
+
+    Without tile overrides the call goes through `selective_scan(backend="triton")` (dispatch included);
+    with them, to the kernel wrapper directly."""
+    while (request := _receive(sys.stdin.buffer)) is not None:
+        args, tile, grad = request["args"], request["tile"], request["grad"]
+        args["u"].requires_grad_(grad)
+        try:
+            with torch.set_grad_enabled(grad):
+                if tile:
+                    answer = ops.triton_scan_fn()(**args, **tile)
+                else:
+                    answer = ops.selective_scan(**args, backend="triton")
+            answer = answer.detach()
+        except Exception as error:  # returned to the test, which decides whether it was expected
+            answer = f"{type(error).__name__}: {error}"
+        _send(sys.stdout.buffer, answer)
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    """run(args, grad=False, **tile) -> the triton backend's output computed in Triton's interpreter."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    worker = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, env=env)
+
+    def run(args, grad=False, **tile):
+        _send(worker.stdin, {"args": args, "tile": tile, "grad": grad})
+        answer = _receive(worker.stdout)
+        if answer is None:
+            raise RuntimeError("the Triton interpreter worker died (see its stderr above)")
+        return answer
+
+    yield run
+    worker.stdin.close()
+    worker.wait(timeout=60)
+
+
+def check(run, args, rtol=1e-5, **tile):
+    out = run(args, **tile)
+    assert torch.is_tensor(out), out
+    assert_matches(out, reference(args), rtol)
+
+
+# --- CPU (interpreter) ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "+".join(o) or "plain")
+def test_interpreted_kernel_matches_reference_float32(interpreted, options):
+    # Di 40: not a multiple of the 64-channel block; L 37: not a multiple of the 8-step chunk; N 5: padded.
+    check(interpreted, make_inputs(2, 40, 37, 5, torch.float32, options))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_interpreted_kernel_reads_half_inputs_and_returns_their_dtype(interpreted, dtype):
+    check(interpreted, make_inputs(1, 24, 19, 4, dtype, ALL_OPTIONS, seed=1))
+
+
+@pytest.mark.parametrize("tile", [{"block_d": 16, "chunk": 4}, {"block_d": 8, "chunk": 16}])
+def test_interpreted_kernel_with_other_tiles(interpreted, tile):
+    # several channel blocks per sequence, several chunks, a partial last chunk; batch 1
+    check(interpreted, make_inputs(1, 40, 45, 4, torch.float32, ALL_OPTIONS, seed=2), **tile)
+
+
+def test_interpreted_kernel_reads_strided_views_as_the_mixer_passes_them(interpreted):
+    # As DiffMa's mixer: z is the second half of a (batch, 2Di, L) tensor, B and C transposed views of a
+    # token-major (batch, L, R + 2N) projection.
+    g = torch.Generator().manual_seed(3)
+    batch, dim, length, state, rank = 2, 12, 21, 4, 3
+    args = make_inputs(batch, dim, length, state, torch.float32, ALL_OPTIONS, seed=3)
+    xz = torch.randn(batch, 2 * dim, length, generator=g)
+    projection = torch.randn(batch, length, rank + 2 * state, generator=g)
+    _, B, C = projection.split([rank, state, state], dim=-1)
+    args.update(z=xz.chunk(2, dim=1)[1], B=B.transpose(1, 2), C=C.transpose(1, 2))
+    assert not args["z"].is_contiguous() and args["B"].stride(1) == 1
+    check(interpreted, args)
+
+
+def test_interpreted_kernel_keeps_long_sequences_accurate(interpreted):
+    # 25 chunks: the state carried from chunk to chunk must not drift
+    check(interpreted, make_inputs(1, 8, 200, 2, torch.float32, ALL_OPTIONS, seed=4), block_d=8)
+
+
+def test_triton_backend_refuses_gradients(interpreted):
+    answer = interpreted(make_inputs(1, 4, 5, 2, torch.float32, {}), grad=True)
+    assert isinstance(answer, str) and "no backward" in answer
+
+
+# --- dispatch (no kernel run) -----------------------------------------------------------------------------
+
+def test_triton_backend_needs_cuda_tensors(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    u = torch.zeros(1, 1, 1)
+    if ops.triton_scan_fn() is None:
+        pytest.skip("triton not installed")
+    with pytest.raises(EnvironmentProblem, match="CUDA"):
+        ops.resolve_backend("triton", u)
+    assert ops.resolve_backend(None, u) == "torch"  # auto on the CPU
+
+
+def test_triton_is_a_known_backend():
+    assert "triton" in ops.BACKENDS
+    with ops.scan_backend("triton"):
+        pass
+
+
+# --- GPU ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["plain", "all"])
+@pytest.mark.parametrize("shape", [(6, 1024, 196, 16), (3, 200, 1024, 16), (1, 40, 37, 5)])
+def test_compiled_kernel_matches_reference_on_cuda(shape, options, dtype):
+    args = make_inputs(*shape, dtype, options, device="cuda")
+    with torch.no_grad():
+        out = ops.selective_scan(**args, backend="triton")
+    # ex2.approx and fused multiply-adds: float32 agrees to ~1e-6 of the output's scale
+    assert_matches(out, reference(args), rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tile", [{"chunk": 4}, {"chunk": 16}, {"block_d": 64, "num_warps": 2}])
+def test_compiled_kernel_with_other_tiles(tile):
+    args = make_inputs(4, 256, 196, 16, torch.float32, ALL_OPTIONS, device="cuda")
+    with torch.no_grad():
+        out = ops.triton_scan_fn()(**args, **tile)
+    assert_matches(out, reference(args), rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_auto_picks_triton_for_inference_only():
+    args = make_inputs(2, 64, 16, 16, torch.float32, ALL_OPTIONS, device="cuda")
+    assert ops.resolve_backend(None, args["u"], grad=False) == "triton"
+    assert ops.resolve_backend(None, args["u"], grad=True) != "triton"
+    args["u"].requires_grad_(True)
+    out = ops.selective_scan(**args)  # a training call goes to mamba_ssm (or torch) and back-propagates
+    out.sum().backward()
+    assert args["u"].grad is not None
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+    _worker()
