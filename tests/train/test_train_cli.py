@@ -80,6 +80,23 @@ def test_resumed_embedder_training_repeats_the_uninterrupted_losses(prepared_dat
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+def test_resumed_diffusion_training_repeats_the_uninterrupted_losses(prepared_data, embedder_run, tmp_path):
+    recipe = apply_overrides(load_recipe("demo"), {
+        "model.name": "DiffMa-S/7", "model.hidden_size": 32, "training.global_batch_size": 2,
+        "training.steps": 4, "training.log_every": 1, "training.checkpoint_every": 2})
+    emb = embedder_run
+    api.train_diffusion(prepared_data, tmp_path / "whole", recipe, emb, device="cpu", progress=False)
+    interrupted = apply_overrides(recipe, {"training.steps": 2})
+    api.train_diffusion(prepared_data, tmp_path / "parts", interrupted, emb, device="cpu", progress=False)
+    api.train_diffusion(prepared_data, tmp_path / "parts", recipe, emb, device="cpu", progress=False,
+                        resume=True)
+    whole = [r["loss"] for r in run_log.read_records(tmp_path / "whole")]
+    parts = [r["loss"] for r in run_log.read_records(tmp_path / "parts")]
+    assert len(whole) == 4 and parts == whole
+    weights = [load_run(tmp_path / name).backbone.state_dict() for name in ("whole", "parts")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--backbone", "unet"], "--backbone 'unet' is not one of: diffma, dit"),
     (["--size", "Q"], "there is no model DiffMa-Q/7"),

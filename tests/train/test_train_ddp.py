@@ -36,8 +36,12 @@ def _worker(rank, world_size, port, root):
                          progress=False)
         embedder = fit(embedder_task(), latent_settings(epochs=2), root / "ddp-embedder", where,
                        progress=False)
+        # 2 processes x 2 accumulation steps x micro-batches of 2 = the same global batch of 8.
+        accumulated = fit(RegressionTask(), regression_settings(grad_accumulation=2),
+                          root / "ddp-accumulated", where, progress=False)
     (root / f"rank{rank}.json").write_text(json.dumps({"regression": _as_json(regression),
-                                                       "embedder": _as_json(embedder)}))
+                                                       "embedder": _as_json(embedder),
+                                                       "accumulated": _as_json(accumulated)}))
 
 
 def _close(weights, reference, tolerance):
@@ -62,6 +66,9 @@ def test_two_processes_match_one_process(tmp_path):
     # Only rank 0 wrote the log and the checkpoints.
     assert len(run_log.read_records(tmp_path / "ddp-regression")) == 9
     assert latest_checkpoint(tmp_path / "ddp-regression").name == "step-0000009"
+    # DDP with gradient accumulation (no gradient sync until the last micro-batch) gives the same steps.
+    assert ranks[0]["accumulated"]["losses"] == pytest.approx(regression.losses, rel=1e-5)
+    _close(ranks[0]["accumulated"]["model"], regression.model, 1e-5)
 
     # InfoNCE: negatives are gathered from every rank, so 2 x 2 slices give the loss and gradients of 4.
     assert len(embedder.losses) == 4 and embedder.losses[0] > 0.1  # a loss far from its floor of 0
