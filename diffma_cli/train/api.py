@@ -66,19 +66,22 @@ def _train(kind: str, run_dir: str | Path, recipe: Recipe, settings: TrainingCon
     """What all trainings share: folder checks, processes, seeds, fit, export and run.json (rank 0)."""
     run_dir = Path(run_dir)
     with processes(device) as where:
+        # Check the output first (every process: same answer), build the task (encoders, latent cache,
+        # models: where most user errors show up), and only then create the folder, so that a failed start
+        # leaves nothing behind.
         run_folder.prepare_run_folder(run_dir, overwrite=overwrite, resume=resume, create=False)
-        barrier(where)  # every process has checked before rank 0 deletes anything
-        if where.is_main and not resume:
-            run_folder.prepare_run_folder(run_dir, overwrite=overwrite, resume=resume)
         if resume:
             previous = run_folder.read_run_info(run_dir)
             if previous.get("kind") != kind:
                 raise InputError(f"is a {previous.get('kind')} run; cannot resume it as a {kind} run",
                                  path=run_dir)
-        barrier(where)
         # The same initial weights on every process (DDP would also broadcast rank 0's).
         torch.manual_seed(settings.seed)
         task = build(where)
+        barrier(where)  # every process has checked and built before rank 0 deletes an old run
+        if where.is_main and not resume:
+            run_folder.prepare_run_folder(run_dir, overwrite=overwrite, resume=resume)
+        barrier(where)
         record = None
         if where.is_main:
             record = run_folder.start_run(run_dir, recipe, {

@@ -32,9 +32,9 @@ EMBEDDER = "embedder.safetensors"
 def prepare_run_folder(path: str | Path, *, overwrite: bool, resume: bool, create: bool = True) -> Path:
     """Check that `path` may be used as a run folder and (if `create`) make it ready.
 
-    New folder: created. Existing folder: needs `resume` (continue it) or `overwrite` (start again; the old
-    contents are deleted, which is refused for a non-empty folder that is not a run folder). Call the check
-    on every process (same answer everywhere) and `create` on rank 0 only.
+    New (or empty) folder: created. Existing folder: needs `resume` (continue it) or `overwrite` (start
+    again; the old contents are deleted, which is refused for a non-empty folder that is not a run
+    folder). Call the check on every process (same answer everywhere) and `create` on rank 0 only.
     """
     path = Path(path)
     if resume and overwrite:
@@ -45,7 +45,7 @@ def prepare_run_folder(path: str | Path, *, overwrite: bool, resume: bool, creat
             raise InputError("is not a run folder to resume (no run.json)", path=path,
                              hint="start a new run without --resume")
         return path
-    if path.exists():
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):  # an empty folder is as new
         if not overwrite:
             raise OutputError("already exists", path=path,
                               hint="pass --resume to continue that run or --overwrite to start it again")

@@ -124,11 +124,15 @@ def test_errors_before_training(prepared_data, embedder_run, tmp_path):
     wrong_patch = invoke("train", prepared_data, "-o", tmp_path / "d", "--embedder", embedder_run,
                          *TRAIN_ARGS, "--patch", "4")
     assert wrong_patch.exit_code == 2 and "does not fit DiffMa-S/4" in wrong_patch.output
+    assert not (tmp_path / "d").exists()  # a failed start leaves no run folder behind
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     foreign = invoke("train", prepared_data, "-o", tmp_path / "mine", "--overwrite", "--embedder",
                      embedder_run, *TRAIN_ARGS)
     assert foreign.exit_code == 3 and (tmp_path / "mine" / "notes.txt").exists()
+    (tmp_path / "empty").mkdir()  # an empty folder counts as new
+    empty = invoke("train-embedder", prepared_data, "-o", tmp_path / "empty", "--steps", "1", *EMBEDDER_ARGS)
+    assert empty.exit_code == 0, empty.output
 
 
 def test_train_vae_command_reports_psnr_and_scale(prepared_data, tmp_path):
