@@ -1,14 +1,18 @@
 # Source this on a GPU machine without a package registry, from the repository root:
 #   source benchmarks/device_env.sh
-# It installs the wheels carried in .gpu/whl (diffusers, open_clip_torch, a mamba-ssm wheel built for the
-# card, ...) and .gpu-sitk (SimpleITK) into /tmp/site, and puts them and the project on PYTHONPATH.
-# Build the mamba-ssm wheel once with `pip wheel --no-build-isolation` from its sdist on a CUDA machine
-# (about 170 s for sm_90 alone); docs/benchmarks.md says how our numbers were made.
-for dir in .gpu/whl .gpu-sitk; do
+# It installs the wheels carried in .gpu/whl (diffusers, a mamba-ssm wheel built for the card, ...),
+# .gpu-sitk or .gpu-full/whl (SimpleITK, diffusers, timm) into /tmp/site, builds mamba-ssm from the sdist in
+# .gpu-full when no wheel came along (about 170 s for sm_90 alone, with ../shared/device/build-cuda-ext.sh
+# copied beside it), and puts everything and the project on PYTHONPATH. docs/benchmarks.md says how our
+# numbers were made.
+for dir in .gpu/whl .gpu-sitk .gpu-full/whl; do
   if compgen -G "$dir/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$dir"/*.whl
   fi
 done
+if [ -f .gpu-full/build-cuda-ext.sh ] && ! ls /tmp/site/selective_scan_cuda*.so > /dev/null 2>&1; then
+  bash .gpu-full/build-cuda-ext.sh
+fi
 export PYTHONPATH=/tmp/site:$(pwd)${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 python3 - <<'PY'
 import torch
