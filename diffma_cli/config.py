@@ -88,12 +88,17 @@ class EmbedderConfig:
 
 @dataclass
 class ModelConfig:
-    """The diffusion backbone: a registry name plus optional architecture overrides (null = as named)."""
+    """The diffusion backbone: a registry name plus optional architecture overrides (null = as named).
+
+    `scan` and `soft_mask` reach DiffMa backbones only; `soft_mask: false` ignores the embedder's soft mask
+    (w = 1), the paper's "w/o soft mask" ablation (Table 2).
+    """
 
     name: str = "DiffMa-B/2"
     scan: str = "spiral"
     depth: int | None = None
     hidden_size: int | None = None
+    soft_mask: bool = True
 
 
 @dataclass

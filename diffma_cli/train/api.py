@@ -236,13 +236,15 @@ def train_embedder(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, *,
 # ---------------------------------------------------------------- train (the diffusion backbone)
 
 def backbone_overrides(recipe: Recipe) -> dict:
-    """create_model overrides for `recipe.model` (scan only for DiffMa: the baselines have their own)."""
+    """create_model overrides for `recipe.model` (scan and soft mask only for DiffMa: the baselines have
+    their own orders and do not use the soft mask)."""
     overrides = {"input_size": recipe.data.image_size // 8}
     for key in ("depth", "hidden_size"):
         if getattr(recipe.model, key) is not None:
             overrides[key] = getattr(recipe.model, key)
     if recipe.model.name.startswith("DiffMa-"):
         overrides["scan"] = recipe.model.scan
+        overrides["soft_mask"] = recipe.model.soft_mask
     return overrides
 
 
