@@ -165,25 +165,36 @@ def latent_dataset(data_dir: Path, recipe: Recipe, split: str, where: Processes,
 
     Returns (LatentCache, latent scale): the recipe's `encoders.latent_scale` or else the VAE's own.
     """
-    from diffma_cli.data.latent_cache import LatentCache, default_cache_file, ensure_latent_cache
-    from diffma_cli.models.clip import load_clip
-    from diffma_cli.models.vae import load_vae
+    from diffma_cli.data.latent_cache import LatentCache, default_cache_file
 
     cache_file = default_cache_file(data_dir, split)
     scale = None
-    if where.is_main:
-        offline = True if recipe.encoders.offline else None  # False: as HF_HUB_OFFLINE says
-        vae = load_vae(recipe.encoders.vae, offline=offline, device=where.device,
-                       scale=recipe.encoders.latent_scale)
-        clip = load_clip(recipe.encoders.clip, offline=offline, device=where.device)
-        source = recipe.data.direction.split("->")[0]
-        ensure_latent_cache(open_slices(data_dir, split), cache_file, vae, clip, clip_of=source,
-                            data_key=file_sha256(data_dir / "manifest.json"), device=where.device,
-                            progress=progress)
-        scale = vae.scale  # the cache's stored scale may come from an earlier build with another setting
-        del vae, clip
+    # Building the cache draws from the global RNG (DataLoader seeds); fork it so that the models created
+    # next get the same initial weights whether or not the cache had to be built.
+    with torch.random.fork_rng(devices=[]):
+        if where.is_main:
+            scale = _ensure_cache(data_dir, recipe, split, cache_file, where, progress)
     scale = from_main(scale, where)  # collective: the other ranks also wait here for the cache
     return LatentCache(cache_file, recipe.data.direction), scale
+
+
+def _ensure_cache(data_dir: Path, recipe: Recipe, split: str, cache_file: Path, where: Processes,
+                  progress: bool) -> float:
+    """Build the cache if it is missing or stale (rank 0); returns the latent scale of the VAE."""
+    from diffma_cli.data.latent_cache import ensure_latent_cache
+    from diffma_cli.models.clip import load_clip
+    from diffma_cli.models.vae import load_vae
+
+    offline = True if recipe.encoders.offline else None  # False: as HF_HUB_OFFLINE says
+    vae = load_vae(recipe.encoders.vae, offline=offline, device=where.device,
+                   scale=recipe.encoders.latent_scale)
+    clip = load_clip(recipe.encoders.clip, offline=offline, device=where.device)
+    source = recipe.data.direction.split("->")[0]
+    ensure_latent_cache(open_slices(data_dir, split), cache_file, vae, clip, clip_of=source,
+                        data_key=file_sha256(data_dir / "manifest.json"), device=where.device,
+                        progress=progress)
+    # The cache file's stored scale may come from an earlier build with another setting: use the VAE's.
+    return vae.scale
 
 
 def _encoder_record(cache, scale: float) -> dict:
