@@ -1,0 +1,465 @@
+"""The paper's Table 2 as a command: DiffMa against its baselines at one recipe and one training budget,
+converted and scored on the test split, next to a non-learned floor (docs/quality.md).
+
+    python3 benchmarks/table2.py DATA SRC -o OUT [--backbones diffma-spiral,dit] [--recipe brain]
+        [--set key=value ...] [--steps N | --images N | --train-minutes M] [--embedder RUN]
+        [--sampler dpm] [--sample-steps 25] [--device auto]
+
+DATA is a `diffma prepare` folder, SRC the SynthRAD Task 1 tree it was prepared from (the test split's CT,
+MR and mask volumes are read from there). For every chosen backbone (ENTRIES) the script
+
+1. trains it with the library's `train_diffusion` (same recipe, same embedder, same number of optimiser
+   steps and global batch, hence the same number of training images) into OUT/<key>/run;
+2. converts the CT of every test case with `convert_volume` (the case's mask as the body), timing each
+   volume, into OUT/<key>/predictions/ and OUT/<key>/convert.json (parameters, seconds per case);
+3. scores the predictions with `evaluate_cases` (SynthRAD2023 protocol on the normalised MR scale and the
+   paper's per-slice protocol) into OUT/<key>/metrics.json (+ metrics.csv).
+
+The floor (OUT/affine-floor) maps each test case's normalised CT to its normalised MR by the affine map
+fitted by least squares on that case's own mask voxels, and is scored the same way. The table
+(OUT/table.md, OUT/table.json) is then built from those files alone: metrics from metrics.json, images/s
+and steps from run/run.json, parameters and seconds per volume from convert.json.
+
+Resumable: a finished stage (run folder finished, convert.json, metrics.json) is skipped; a training that
+was stopped continues from its last checkpoint (the trainer's resume). The budget is fixed in OUT/plan.json
+at the first call, so later calls (other backbones, a resumed run) train with the same number of images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+# key -> (label, recipe overrides). The paper's Table 2 rows; sizes as in the released code (the Mamba
+# baselines at BL/2, 13 blocks, to match DiffMa-B/2's parameter count; docs/baselines.md).
+ENTRIES: dict[str, tuple[str, dict]] = {
+    "diffma-released": ("DiffMa-B/2, released scan",
+                        {"model.name": "DiffMa-B/2", "model.scan": "released", "model.soft_mask": True}),
+    "diffma-spiral": ("DiffMa-B/2, spiral scan",
+                      {"model.name": "DiffMa-B/2", "model.scan": "spiral", "model.soft_mask": True}),
+    "diffma-no-mask": ("DiffMa-B/2, spiral, no soft mask (w = 1)",
+                       {"model.name": "DiffMa-B/2", "model.scan": "spiral", "model.soft_mask": False}),
+    "dit": ("DiT-B/2", {"model.name": "DiT-B/2"}),
+    "zigma": ("ZigMa-BL/2", {"model.name": "ZigMa-BL/2"}),
+    "vim": ("ViM-BL/2", {"model.name": "ViM-BL/2"}),
+    "vmamba": ("VMamba-BL/2", {"model.name": "VMamba-BL/2"}),
+    "emamba": ("EMamba-BL/2", {"model.name": "EMamba-BL/2"}),
+}
+FLOOR = "affine-floor"
+FLOOR_LABEL = "affine CT->MR map fitted on each test case (floor)"
+# (metrics.json key, column title, decimals)
+METRICS = (("mae", "MAE", 4), ("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 4),
+           ("paper_ssim", "paper SSIM (%)", 2), ("paper_psnr", "paper PSNR (dB)", 2),
+           ("paper_mse", "paper MSE", 1))
+PLAN, TABLE_JSON, TABLE_MD = "plan.json", "table.json", "table.md"
+RUN, PREDICTIONS, CONVERT, METRICS_FILE = "run", "predictions", "convert.json", "metrics.json"
+# About ten checkpoints per training, so that an interrupted run loses at most a tenth of its steps.
+CHECKPOINTS_PER_RUN = 10
+
+
+def say(text: str) -> None:
+    print(f"[table2 {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def write_json(path: Path, values: dict, overwrite: bool = False) -> None:
+    from diffma_cli.io.atomic import atomic_file
+
+    with atomic_file(path, overwrite=overwrite) as temporary:
+        temporary.write_text(json.dumps(values, indent=1, allow_nan=False) + "\n")
+
+
+# ---------------------------------------------------------------- inputs
+
+def choose_entries(text: str) -> list[str]:
+    from diffma_cli.errors import InputError
+
+    keys = [key.strip() for key in text.split(",") if key.strip()]
+    unknown = [key for key in keys if key not in ENTRIES]
+    if unknown or not keys:
+        raise InputError(f"unknown backbone {unknown[0] if unknown else text!r}",
+                         hint=f"choose from: {', '.join(ENTRIES)}")
+    return keys
+
+
+def test_cases(data: Path, src: Path) -> list:
+    """The SynthRAD cases of SRC that DATA's manifest puts in the test split (each with CT, MR and mask)."""
+    from diffma_cli.data.dataset import load_manifest
+    from diffma_cli.data.synthrad import find_cases
+    from diffma_cli.errors import InputError
+
+    test_ids = set(load_manifest(data)["splits"]["test"])
+    cases = [case for case in find_cases(src) if case.id in test_ids]
+    if not cases:
+        raise InputError(f"none of the {len(test_ids)} test cases of {data} is in this SynthRAD tree",
+                         path=src, hint="give the tree DATA was prepared from")
+    missing = [case.id for case in cases if None in (case.ct, case.mr, case.mask)]
+    if missing:
+        raise InputError(f"test case {missing[0]} lacks its CT, MR or mask", path=src)
+    return cases
+
+
+def base_recipe(args):
+    from diffma_cli.config import apply_overrides, load_recipe
+    from diffma_cli.errors import InputError
+
+    recipe = apply_overrides(load_recipe(args.recipe), args.set)
+    if recipe.data.direction != "ct->mr":
+        raise InputError(f"data.direction {recipe.data.direction} is not supported here",
+                         hint="the table compares CT -> MR models (data.direction=ct->mr)")
+    return recipe
+
+
+def entry_recipe(recipe, key: str, steps: int):
+    from diffma_cli.config import apply_overrides
+
+    every = min(recipe.training.checkpoint_every, max(1, steps // CHECKPOINTS_PER_RUN))
+    return apply_overrides(recipe, {**ENTRIES[key][1], "training.steps": steps,
+                                    "training.checkpoint_every": every})
+
+
+# ---------------------------------------------------------------- budget
+
+def train_steps_of(recipe, slices: int) -> int:
+    """Optimiser steps the recipe's `training` section means on `slices` training slices."""
+    training = recipe.training
+    if training.steps > 0:
+        return training.steps
+    return training.epochs * math.ceil(slices / training.global_batch_size)
+
+
+def plan_budget(args, out: Path, recipe, keys: list[str], embedder: Path) -> dict:
+    """The training budget shared by every backbone: OUT/plan.json if it exists, else decided now from
+    --steps, --images, --train-minutes (probe runs measure each backbone's images/s) or the recipe."""
+    from diffma_cli.data.dataset import load_manifest
+    from diffma_cli.errors import InputError
+
+    batch = recipe.training.global_batch_size
+    path = out / PLAN
+    if path.is_file():
+        plan = json.loads(path.read_text())
+        asked = {"steps": args.steps, "images": args.images, "train_minutes": args.train_minutes}
+        if plan["global_batch_size"] != batch or any(value is not None and plan["asked"].get(name) != value
+                                                     for name, value in asked.items()):
+            raise InputError(f"this table was planned with {plan['steps']} steps of "
+                             f"{plan['global_batch_size']} images ({plan['asked']}); another budget "
+                             "would make the rows incomparable",
+                             path=path, hint="drop the budget options to continue it, or use a new -o folder")
+        return plan
+    if args.steps is not None:
+        steps, how = args.steps, "--steps"
+    elif args.images is not None:
+        steps, how = math.ceil(args.images / batch), "--images"
+    elif args.train_minutes is not None:
+        speeds = {key: probe_speed(args, out, recipe, key, embedder) for key in keys}
+        images = args.train_minutes * 60.0 / sum(1.0 / speed for speed in speeds.values())
+        steps, how = max(1, int(images // batch)), f"--train-minutes (probe images/s: {speeds})"
+    else:
+        steps = train_steps_of(recipe, load_manifest(args.data)["slice_counts"]["train"])
+        how = "the recipe's training.steps / epochs"
+    if steps < 1:
+        raise InputError(f"the budget gives {steps} training steps", hint="give at least one step")
+    plan = {"steps": steps, "global_batch_size": batch, "images": steps * batch, "decided_by": how,
+            "asked": {"steps": args.steps, "images": args.images, "train_minutes": args.train_minutes}}
+    write_json(path, plan)
+    say(f"budget: {steps} steps x {batch} images = {steps * batch} training images per backbone ({how})")
+    return plan
+
+
+def probe_speed(args, out: Path, recipe, key: str, embedder: Path) -> float:
+    """Training images/s of one backbone over --probe-steps steps (start-up included, so an underestimate
+    that keeps the planned budget on the safe side)."""
+    from diffma_cli.train.api import train_diffusion
+    from diffma_cli.train.run_folder import read_run_info
+
+    folder = out / ".probe" / key
+    say(f"{key}: probing training speed over {args.probe_steps} steps")
+    train_diffusion(args.data, folder, entry_recipe(recipe, key, args.probe_steps), embedder,
+                    device=args.device, overwrite=True, progress=not args.quiet)
+    speed = float(read_run_info(folder)["images_per_second"])
+    shutil.rmtree(folder)
+    return speed
+
+
+# ---------------------------------------------------------------- stages
+
+def resumable(run: Path) -> bool:
+    """A started run with at least one checkpoint (the trainer resumes from the latest); a run stopped
+    before its first checkpoint starts again."""
+    return any((run / "checkpoints").glob("step-*"))
+
+
+def finished_run(run: Path) -> bool:
+    from diffma_cli.train.run_folder import BACKBONE, RUN_INFO
+
+    if not (run / RUN_INFO).is_file():
+        return False
+    return bool(json.loads((run / RUN_INFO).read_text()).get("finished")) and (run / BACKBONE).is_file()
+
+
+def ensure_embedder(args, out: Path, recipe) -> Path:
+    """--embedder as given, else OUT/embedder trained once (continued if it was interrupted)."""
+    from diffma_cli.train.api import train_embedder
+    from diffma_cli.train.run_folder import EMBEDDER
+
+    if args.embedder is not None:
+        return args.embedder
+    run = out / "embedder"
+    if (run / EMBEDDER).is_file():
+        say(f"embedder: {run} is finished, skipped")
+        return run
+    say(f"embedder: training -> {run}")
+    train_embedder(args.data, run, recipe, device=args.device, resume=resumable(run),
+                   overwrite=not resumable(run), progress=not args.quiet)
+    return run
+
+
+def train_entry(args, folder: Path, recipe, embedder: Path) -> Path:
+    from diffma_cli.train.api import train_diffusion
+
+    run = folder / RUN
+    if finished_run(run):
+        say(f"{folder.name}: training finished before, skipped")
+        return run
+    resume = resumable(run)
+    say(f"{folder.name}: {'resuming' if resume else 'training'} {recipe.model.name} "
+        f"for {recipe.training.steps} steps -> {run}")
+    train_diffusion(args.data, run, recipe, embedder, device=args.device, resume=resume,
+                    overwrite=not resume, progress=not args.quiet)
+    return run
+
+
+def convert_entry(args, folder: Path, run: Path, cases: list) -> None:
+    """Every test CT -> OUT/<key>/predictions/<case>.nii.gz; convert.json with parameters and seconds."""
+    from diffma_cli.convert import convert_volume, load_models
+    from diffma_cli.io.atomic import atomic_dir
+    from diffma_cli.io.volumes import read_volume, write_volume
+
+    if (folder / CONVERT).is_file():
+        say(f"{folder.name}: conversion finished before, skipped")
+        return
+    say(f"{folder.name}: converting {len(cases)} test volume(s)")
+    models = load_models(run, args.device)
+    seconds = {}
+    with atomic_dir(folder / PREDICTIONS, overwrite=True) as predictions:
+        for case in cases:
+            ct, body = read_volume(case.ct), read_volume(case.mask)
+            began = time.perf_counter()
+            # The output arrives as a SimpleITK image built from a NumPy array: the GPU work is done.
+            generated, _ = convert_volume(ct, models, body_mask=body, sampler=args.sampler,
+                                          steps=args.sample_steps, progress=not args.quiet, source=case.ct)
+            seconds[case.id] = time.perf_counter() - began
+            write_volume(generated, predictions / f"{case.id}.nii.gz")
+    parameters = sum(parameter.numel() for parameter in models.backbone.parameters())
+    write_json(folder / CONVERT, {
+        "parameters": parameters, "seconds_per_volume": seconds, "device": str(models.device),
+        "sampler": args.sampler or models.recipe.sampling.sampler,
+        "steps": args.sample_steps or models.recipe.sampling.steps}, overwrite=True)
+
+
+def evaluate_entry(args, folder: Path) -> None:
+    from diffma_cli.evaluation.evaluate import evaluate_cases
+    from diffma_cli.evaluation.pairing import pair_folder
+
+    if (folder / METRICS_FILE).is_file():
+        say(f"{folder.name}: evaluation finished before, skipped")
+        return
+    say(f"{folder.name}: scoring with the SynthRAD2023 and paper protocols")
+    evaluate_cases(pair_folder(folder / PREDICTIONS, args.src, "mr"), modality="mr", protocol="both",
+                   output=folder / METRICS_FILE, overwrite=True, progress=not args.quiet)
+
+
+def affine_floor(ct_unit, mr_unit, mask):
+    """Least-squares affine map MR ~ a * CT + b over the mask voxels of one case; returns (prediction, a, b).
+
+    ct_unit, mr_unit: (z, y, x) float32 on the normalised scale ([-1, 1]); mask bool. The prediction is the
+    map clipped to [-1, 1] inside the mask and -1 (the normalised background) outside it.
+    """
+    import numpy as np
+
+    x = ct_unit[mask].astype(np.float64)
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    (a, b), *_ = np.linalg.lstsq(design, mr_unit[mask].astype(np.float64), rcond=None)
+    prediction = np.full(ct_unit.shape, -1.0, dtype=np.float32)
+    prediction[mask] = np.clip(a * x + b, -1.0, 1.0)
+    return prediction, float(a), float(b)
+
+
+def floor_entry(args, folder: Path, cases: list, ct_window) -> None:
+    """The floor's predictions (OUT/affine-floor/predictions) and fit.json (a, b and seconds per case)."""
+    import SimpleITK as sitk
+
+    from diffma_cli.data.normalise import ct_to_unit
+    from diffma_cli.evaluation.scales import normalise_reference
+    from diffma_cli.io.atomic import atomic_dir
+    from diffma_cli.io.volumes import read_volume, write_volume
+
+    if (folder / CONVERT).is_file():
+        say(f"{FLOOR}: fitted before, skipped")
+        return
+    say(f"{FLOOR}: fitting the per-case affine CT->MR map on {len(cases)} test case(s)")
+    seconds, fits = {}, {}
+    with atomic_dir(folder / PREDICTIONS, overwrite=True) as predictions:
+        for case in cases:
+            ct = read_volume(case.ct)
+            mask = sitk.GetArrayFromImage(read_volume(case.mask)) > 0
+            mr = sitk.GetArrayFromImage(read_volume(case.mr)).astype("float32")
+            began = time.perf_counter()
+            # The same scales eval and the models use: CT by the data's window, MR as eval normalises it.
+            prediction, a, b = affine_floor(ct_to_unit(sitk.GetArrayFromImage(ct), ct_window),
+                                            normalise_reference(mr, mask, "mr"), mask)
+            seconds[case.id], fits[case.id] = time.perf_counter() - began, {"a": a, "b": b}
+            image = sitk.GetImageFromArray(prediction)
+            image.CopyInformation(ct)
+            write_volume(image, predictions / f"{case.id}.nii.gz")
+    write_json(folder / CONVERT, {"parameters": 2, "parameters_note": "a and b, fitted per test case",
+                                  "seconds_per_volume": seconds, "fits": fits, "device": "cpu"},
+               overwrite=True)
+
+
+# ---------------------------------------------------------------- the table
+
+def mean_std(values: list[float]) -> dict:
+    import numpy as np
+
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if array.size > 1 else None,
+            "n": int(array.size)}
+
+
+def table_row(out: Path, key: str) -> dict:
+    """One row, read from the files the stages wrote (nothing else)."""
+    folder = out / key
+    metrics = json.loads((folder / METRICS_FILE).read_text())
+    converted = json.loads((folder / CONVERT).read_text())
+    row = {"key": key, "label": FLOOR_LABEL if key == FLOOR else ENTRIES[key][0],
+           "parameters": converted["parameters"], "train_images": None, "train_images_per_second": None,
+           "seconds_per_volume": mean_std(list(converted["seconds_per_volume"].values())),
+           "cases": len(metrics["cases"]),
+           "metrics": {name: metrics["summary"][name] for name, _, _ in METRICS},
+           "files": {"metrics": str(folder / METRICS_FILE), "convert": str(folder / CONVERT)}}
+    if key != FLOOR:
+        info = json.loads((folder / RUN / "run.json").read_text())
+        from diffma_cli.config import load_recipe
+
+        batch = load_recipe(folder / RUN / "recipe.yaml").training.global_batch_size
+        row.update(train_images=info["steps"] * batch, train_images_per_second=info["images_per_second"],
+                   model=info["model"]["name"])
+        row["files"]["run"] = str(folder / RUN / "run.json")
+    return row
+
+
+def cell(summary: dict, decimals: int) -> str:
+    if summary["mean"] is None:
+        return "–"
+    text = f"{summary['mean']:.{decimals}f}"
+    return text + (f" ± {summary['std']:.{decimals}f}" if summary["std"] is not None else "")
+
+
+def markdown(table: dict) -> str:
+    titles = ["backbone", "parameters (M)", "training images", "training images/s", "s / volume",
+              *(title for _, title, _ in METRICS)]
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    for row in table["rows"]:
+        cells = [row["label"],
+                 f"{row['parameters'] / 1e6:.3f}" if row["key"] != FLOOR else "2 per case",
+                 "–" if row["train_images"] is None else str(row["train_images"]),
+                 "–" if row["train_images_per_second"] is None else f"{row['train_images_per_second']:.1f}",
+                 cell(row["seconds_per_volume"], 2),
+                 *(cell(row["metrics"][name], decimals) for name, _, decimals in METRICS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    cases = table["rows"][0]["cases"] if table["rows"] else 0
+    lines.append("")
+    lines.append(f"Mean ± sample std over {cases} test case(s). MAE/PSNR/SSIM: SynthRAD2023 masked 3-D "
+                 "protocol on prepare's normalised MR scale [-1, 1]; paper: per-slice 8-bit protocol "
+                 "(docs/metrics.md). Sampling: " + table["sampling"] + ".")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(out: Path, keys: list[str], plan: dict, sampling: str) -> dict:
+    done = [key for key in [*keys, FLOOR] if (out / key / METRICS_FILE).is_file()]
+    table = {"plan": plan, "sampling": sampling, "rows": [table_row(out, key) for key in done]}
+    write_json(out / TABLE_JSON, table, overwrite=True)
+    from diffma_cli.io.atomic import atomic_file
+
+    with atomic_file(out / TABLE_MD, overwrite=True) as temporary:
+        temporary.write_text(markdown(table))
+    return table
+
+
+# ---------------------------------------------------------------- main
+
+def parse_args(argv: list[str] | None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", type=Path, help="a `diffma prepare` folder")
+    parser.add_argument("src", type=Path, help="the SynthRAD Task 1 tree DATA was prepared from")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="output folder (resumable)")
+    parser.add_argument("--backbones", default=",".join(ENTRIES),
+                        help=f"comma-separated subset of: {', '.join(ENTRIES)} (default: all)")
+    parser.add_argument("--recipe", default="brain", help="brain, pelvis, demo or a YAML file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override for every backbone, e.g. --set training.global_batch_size=32")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="optimiser steps per backbone")
+    budget.add_argument("--images", type=int, help="training images per backbone (steps = images / batch)")
+    budget.add_argument("--train-minutes", type=float,
+                        help="total training time of all chosen backbones; the image count is the largest "
+                             "that fits at the images/s of a short probe run of each")
+    parser.add_argument("--probe-steps", type=int, default=30,
+                        help="steps of each probe run (--train-minutes)")
+    parser.add_argument("--embedder", type=Path, help="a train-embedder run folder or weights file "
+                                                      "(default: train one into OUT/embedder)")
+    parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpm"), help="default: the recipe's")
+    parser.add_argument("--sample-steps", type=int, help="sampling steps (default: the recipe's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def run(args) -> dict:
+    from diffma_cli.data.dataset import load_manifest
+
+    keys = choose_entries(args.backbones)
+    cases = test_cases(args.data, args.src)
+    recipe = base_recipe(args)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    say(f"{len(keys)} backbone(s), {len(cases)} test case(s) -> {out}")
+    embedder = ensure_embedder(args, out, recipe)
+    plan = plan_budget(args, out, recipe, keys, embedder)
+    for number, key in enumerate(keys, 1):
+        say(f"[{number}/{len(keys)}] {key}: {ENTRIES[key][0]}")
+        folder = out / key
+        run_dir = train_entry(args, folder, entry_recipe(recipe, key, plan["steps"]), embedder)
+        convert_entry(args, folder, run_dir, cases)
+        evaluate_entry(args, folder)
+    window = load_manifest(args.data).get("options", {}).get("ct_window") or recipe.data.ct_window_hu
+    floor_entry(args, out / FLOOR, cases, tuple(window))
+    evaluate_entry(args, out / FLOOR)
+    sampling = (f"{args.sampler or recipe.sampling.sampler}, "
+                f"{args.sample_steps or recipe.sampling.steps} steps")
+    table = write_table(out, keys, plan, sampling)
+    print(markdown(table), flush=True)
+    say(f"table: {out / TABLE_MD}, {out / TABLE_JSON}")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    from diffma_cli.errors import DiffmaError
+
+    args = parse_args(argv)
+    try:
+        run(args)
+    except DiffmaError as error:
+        print(f"table2: error: {error}", file=sys.stderr)
+        return getattr(error, "exit_code", 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
