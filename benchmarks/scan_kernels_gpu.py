@@ -86,7 +86,7 @@ def forward_row(args, ref, backend, warmup, repeat, **tile):
     def call():
         with torch.no_grad():
             if tile:
-                return ops.triton_scan_fn()(**args, **tile)
+                return ops.triton_scan_fn()(**args, tile=tile)
             return ops.selective_scan(**args, backend=backend)
 
     out = call()

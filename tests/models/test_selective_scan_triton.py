@@ -83,20 +83,27 @@ def _receive(stream):
 
 
 def _worker() -> None:
-    """Answer each request {"args", "tile", "grad"} with the triton backend's output, or an error text.
+    """Answer each request {"args", "tile", "grad_out"} with the triton backend's output, or an error text.
 
-    Without tile overrides the call goes through `selective_scan(backend="triton")` (dispatch included);
-    with them, to the kernel wrapper directly."""
+    Without tile overrides the call goes through `selective_scan(backend="triton")` (dispatch included).
+    With grad_out, every tensor argument requires grad and the answer is {"out", "grads"} after a backward
+    of grad_out."""
     while (request := _receive(sys.stdin.buffer)) is not None:
-        args, tile, grad = request["args"], request["tile"], request["grad"]
-        args["u"].requires_grad_(grad)
+        args, tile, grad_out = request["args"], request["tile"], request["grad_out"]
+        tensors = [k for k, v in args.items() if torch.is_tensor(v)]
+        for name in tensors:
+            args[name].requires_grad_(grad_out is not None)
         try:
-            with torch.set_grad_enabled(grad):
+            with torch.set_grad_enabled(grad_out is not None):
                 if tile:
-                    answer = ops.triton_scan_fn()(**args, **tile)
+                    out = ops.triton_scan_fn()(**args, tile=tile)
                 else:
-                    answer = ops.selective_scan(**args, backend="triton")
-            answer = answer.detach()
+                    out = ops.selective_scan(**args, backend="triton")
+            if grad_out is None:
+                answer = out
+            else:
+                out.backward(grad_out)
+                answer = {"out": out.detach(), "grads": {name: args[name].grad for name in tensors}}
         except Exception as error:  # returned to the test, which decides whether it was expected
             answer = f"{type(error).__name__}: {error}"
         _send(sys.stdout.buffer, answer)
@@ -104,13 +111,14 @@ def _worker() -> None:
 
 @pytest.fixture(scope="module")
 def interpreted():
-    """run(args, grad=False, **tile) -> the triton backend's output computed in Triton's interpreter."""
+    """run(args, grad_out=None, **tile) -> the triton backend's output (or output and gradients) computed
+    in Triton's interpreter."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     worker = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, env=env)
 
-    def run(args, grad=False, **tile):
-        _send(worker.stdin, {"args": args, "tile": tile, "grad": grad})
+    def run(args, grad_out=None, **tile):
+        _send(worker.stdin, {"args": args, "tile": tile, "grad_out": grad_out})
         answer = _receive(worker.stdout)
         if answer is None:
             raise RuntimeError("the Triton interpreter worker died (see its stderr above)")
@@ -165,9 +173,42 @@ def test_interpreted_kernel_keeps_long_sequences_accurate(interpreted):
     check(interpreted, make_inputs(1, 8, 200, 2, torch.float32, ALL_OPTIONS, seed=4), block_d=8)
 
 
-def test_triton_backend_refuses_gradients(interpreted):
-    answer = interpreted(make_inputs(1, 4, 5, 2, torch.float32, {}), grad=True)
-    assert isinstance(answer, str) and "no backward" in answer
+def float64_gradients(args, grad_out):
+    """Output and gradients of `selective_scan_ref` on float64 copies of the inputs (autograd)."""
+    leaves = {k: v.detach().double().requires_grad_(True) for k, v in args.items() if torch.is_tensor(v)}
+    out = ops.selective_scan_ref(**leaves, delta_softplus=args["delta_softplus"])
+    out.backward(grad_out.double())
+    return out, {k: v.grad for k, v in leaves.items()}
+
+
+def check_gradients(run, args, rtol, seed=0, **tile):
+    grad_out = torch.randn(args["u"].shape, generator=torch.Generator().manual_seed(seed)).to(args["u"].dtype)
+    answer = run(args, grad_out=grad_out, **tile)
+    assert isinstance(answer, dict), answer
+    expected_out, expected = float64_gradients(args, grad_out)
+    assert answer["out"].dtype == args["u"].dtype
+    assert set(answer["grads"]) == set(expected)
+    for name, grad in answer["grads"].items():
+        assert grad.dtype == args[name].dtype and grad.shape == args[name].shape, name
+        error = (grad.double() - expected[name]).abs().max() / expected[name].abs().max()
+        assert error <= rtol, f"d{name}: relative error {error:.3g}"
+
+
+@pytest.mark.parametrize("options", [{}, {"z": True}, ALL_OPTIONS], ids=["plain", "z", "all"])
+def test_interpreted_gradients_match_float64_autograd(interpreted, options):
+    # Di 40 (partial channel block), L 11 (partial last chunk of 4), N 5 (padded to 8), batch 2: dA, dD and
+    # d delta_bias sum over the batch, dB and dC over channel blocks.
+    check_gradients(interpreted, make_inputs(2, 40, 11, 5, torch.float32, options, seed=5), rtol=2e-6)
+
+
+def test_interpreted_gradients_with_other_tiles(interpreted):
+    args = make_inputs(1, 40, 21, 4, torch.float32, ALL_OPTIONS, seed=6)
+    check_gradients(interpreted, args, rtol=2e-6, block_d=16, chunk=8)
+
+
+def test_interpreted_gradients_of_bfloat16_inputs(interpreted):
+    # gradients are rounded to bfloat16 (relative step 2^-8) before the comparison
+    check_gradients(interpreted, make_inputs(1, 12, 9, 4, torch.bfloat16, ALL_OPTIONS, seed=7), rtol=1e-2)
 
 
 # --- dispatch (no kernel run) -----------------------------------------------------------------------------
@@ -207,19 +248,33 @@ def test_compiled_kernel_matches_reference_on_cuda(shape, options, dtype):
 def test_compiled_kernel_with_other_tiles(tile):
     args = make_inputs(4, 256, 196, 16, torch.float32, ALL_OPTIONS, device="cuda")
     with torch.no_grad():
-        out = ops.triton_scan_fn()(**args, **tile)
+        out = ops.triton_scan_fn()(**args, tile=tile)
     assert_matches(out, reference(args), rtol=1e-4)
 
 
 @pytest.mark.gpu
-def test_auto_picks_triton_for_inference_only():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(4, 1024, 196, 16), (1, 40, 37, 5)])
+def test_compiled_gradients_match_float64_autograd_on_cuda(shape, dtype):
+    args = make_inputs(*shape, dtype, ALL_OPTIONS, device="cuda")
+    grad_out = torch.randn(args["u"].shape, device="cuda").to(dtype)
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in args.items() if torch.is_tensor(v)}
+    out = ops.selective_scan(**leaves, delta_softplus=True, backend="triton")
+    out.backward(grad_out)
+    _, expected = float64_gradients(args, grad_out)
+    rtol = 1e-4 if dtype == torch.float32 else 2e-2  # bf16: gradients rounded to 2^-8
+    for name, leaf in leaves.items():
+        error = (leaf.grad.double() - expected[name]).abs().max() / expected[name].abs().max()
+        assert error <= rtol, f"d{name}: relative error {error:.3g}"
+
+
+@pytest.mark.gpu
+def test_auto_picks_triton_on_cuda():
     args = make_inputs(2, 64, 16, 16, torch.float32, ALL_OPTIONS, device="cuda")
     assert ops.resolve_backend(None, args["u"], grad=False) == "triton"
-    assert ops.resolve_backend(None, args["u"], grad=True) != "triton"
-    args["u"].requires_grad_(True)
-    out = ops.selective_scan(**args)  # a training call goes to mamba_ssm (or torch) and back-propagates
-    out.sum().backward()
-    assert args["u"].grad is not None
+    training = ops.resolve_backend(None, args["u"], grad=True)
+    assert (training == "triton") == ops.TRITON_FOR_TRAINING
+    assert ops.resolve_backend(None, args["u"].double()) != "triton"  # float64 stays on the other backends
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:

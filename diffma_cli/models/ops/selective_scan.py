@@ -10,12 +10,12 @@ Semantics are mamba-ssm's `selective_scan_fn` / `selective_scan_ref` (channel-fi
 
 Backends:
 - ``"mamba_ssm"``: mamba-ssm's fused CUDA kernel; imported lazily, CUDA tensors only.
-- ``"triton"``: our Triton kernel for short sequences (`selective_scan_triton.py`), forward only (no
-  autograd); imported lazily, CUDA tensors (or CPU tensors under TRITON_INTERPRET=1, for tests).
+- ``"triton"``: our Triton kernels for short sequences (`selective_scan_triton.py`), forward and
+  backward; imported lazily, CUDA tensors (or CPU tensors under TRITON_INTERPRET=1, for tests).
 - ``"torch"``: `selective_scan_blocked`, our faster PyTorch implementation (any device).
 - ``"reference"``: `selective_scan_ref`, a plain step loop, the readable definition used by tests.
-- ``"auto"`` (default): on CUDA, triton when no gradient is needed (grad mode off or no input requires
-  grad), the dtype is float32/bfloat16/float16 and triton imports; else mamba_ssm when it imports; else torch.
+- ``"auto"`` (default): on CUDA, triton when the dtype is float32/bfloat16/float16, triton imports and
+  either no gradient is needed or TRITON_FOR_TRAINING is on; else mamba_ssm when it imports; else torch.
 
 Force one with the `backend=` argument or, for a whole model, the `scan_backend(name)` context manager.
 Computation is in float32 (float64 when u is float64), like mamba-ssm, whatever the input dtype.
@@ -36,6 +36,8 @@ from diffma_cli.errors import EnvironmentProblem
 BACKENDS = ("auto", "mamba_ssm", "triton", "torch", "reference")
 #: Input dtypes the Triton kernel reads (it computes in float32); float64 stays on the other backends.
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: Whether "auto" also trains with the Triton kernels (else mamba_ssm's backward when a gradient is needed).
+TRITON_FOR_TRAINING = True
 
 _forced_backend: str | None = None
 _mamba_ssm_fn: Callable | None = None
@@ -174,17 +176,17 @@ def mamba_ssm_scan_fn() -> Callable | None:
 
 
 def triton_scan_fn() -> Callable | None:
-    """Our Triton forward (`selective_scan_triton.selective_scan_forward`), or None when triton cannot be
-    imported. Imported on first use only (importing diffma never needs triton); the result is cached."""
+    """Our Triton scan (`selective_scan_triton.selective_scan_triton`, differentiable), or None when triton
+    cannot be imported. Imported on first use only (importing diffma never needs triton); cached."""
     global _triton_fn, _triton_error, _triton_tried
     if not _triton_tried:
         _triton_tried = True
         try:
-            from diffma_cli.models.ops.selective_scan_triton import selective_scan_forward
+            from diffma_cli.models.ops.selective_scan_triton import selective_scan_triton
         except Exception as error:  # ImportError, or a triton install broken for this platform
             _triton_error = f"{type(error).__name__}: {error}"
         else:
-            _triton_fn = selective_scan_forward
+            _triton_fn = selective_scan_triton
     return _triton_fn
 
 
@@ -200,14 +202,14 @@ def needs_grad(*tensors: torch.Tensor | None) -> bool:
 
 def resolve_backend(backend: str | None, u: torch.Tensor, grad: bool = False) -> str:
     """The concrete backend ("mamba_ssm", "triton", "torch" or "reference") a call with tensor u will use;
-    `grad`: whether the call needs a backward (the triton backend has none)."""
+    `grad`: whether the call needs a backward (see TRITON_FOR_TRAINING)."""
     name = backend or _forced_backend or "auto"
     if name not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
         if not u.is_cuda:
             return "torch"
-        if not grad and u.dtype in TRITON_DTYPES and triton_scan_fn() is not None:
+        if (TRITON_FOR_TRAINING or not grad) and u.dtype in TRITON_DTYPES and triton_scan_fn() is not None:
             return "triton"
         return "mamba_ssm" if mamba_ssm_scan_fn() is not None else "torch"
     if name == "triton":
@@ -217,9 +219,6 @@ def resolve_backend(backend: str | None, u: torch.Tensor, grad: bool = False) ->
         if not (u.is_cuda or _triton_interpreting()):
             raise EnvironmentProblem("the triton selective-scan backend needs CUDA tensors",
                                      hint="move the model to a GPU or use the 'torch' backend")
-        if grad:
-            raise EnvironmentProblem("the triton selective-scan backend has no backward pass",
-                                     hint="run it under torch.no_grad(), or use 'auto' (mamba_ssm trains)")
         if u.dtype not in TRITON_DTYPES:
             raise EnvironmentProblem(f"the triton selective-scan backend does not take {u.dtype} inputs",
                                      hint="use float32, bfloat16 or float16, or the 'torch' backend")

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from diffma_cli.models.ops.selective_scan import TRITON_DTYPES, _check_shapes
+from diffma_cli.models.ops.selective_scan import TRITON_DTYPES, _check_shapes, needs_grad
 
 #: log2(e): the kernel evaluates exp(delta·A) as exp2(delta·A·log2 e), one special-function op.
 LOG2_E: tl.constexpr = tl.constexpr(1.4426950408889634)
@@ -33,6 +33,9 @@ LOG2_E: tl.constexpr = tl.constexpr(1.4426950408889634)
 #: its steps' B, C in registers). benchmarks/scan_kernels_gpu.py times the alternatives.
 DEFAULT_NUM_WARPS = 4
 DEFAULT_CHUNK = 8
+#: Chunk of the forward + backward pair used for training: the backward keeps a chunk's states, decays'
+#: inputs and partial gradients in registers, so it needs a shorter chunk than the forward alone.
+DEFAULT_CHUNK_BACKWARD = 4
 
 
 @triton.jit
@@ -49,8 +52,15 @@ def _softplus(x):
 
 
 @triton.jit
+def _pick(tile3, pick):
+    """Row `pick` (a one-hot over the in-thread first axis) of tile3, keeping the axis: a register read once
+    unrolled with a constant pick (-0.0 is the exact identity of +, so the compiler folds the sum)."""
+    return tl.sum(tl.where(pick, tile3, -0.0), axis=0, keep_dims=True)
+
+
+@triton.jit
 def _scan_forward_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, checkpoint_ptr,
     dim, length,
     stride_u_b, stride_u_d, stride_u_l,
     stride_delta_b, stride_delta_d, stride_delta_l,
@@ -61,8 +71,12 @@ def _scan_forward_kernel(
     stride_out_b, stride_out_d, stride_out_l,
     STATE: tl.constexpr, STATE_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    CHECKPOINT: tl.constexpr,
 ):
     """One program: sequence program_id(0), channels [program_id(1)·BLOCK_D, +BLOCK_D), all L steps.
+
+    With CHECKPOINT, the state before each chunk is also written to checkpoint_ptr, float32
+    (batch, chunks, N, Di), for the backward kernel.
 
     Tiles: steps x channels (CHUNK, BLOCK_D) for u/delta/z/out, used as (CHUNK, 1, BLOCK_D); the state h
     is (1, STATE_BLOCK, BLOCK_D); B_t, C_t are (STATE_BLOCK,) vectors read per step (the same for every
@@ -70,12 +84,15 @@ def _scan_forward_kernel(
     0 and add nothing to y; padded channels (>= dim) and steps (>= length, only at the end of the last chunk)
     compute values that are never stored.
     """
-    seq = tl.program_id(0)
+    seq = tl.program_id(0).to(tl.int64)
     channels = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     states = tl.arange(0, STATE_BLOCK)
     steps = tl.arange(0, CHUNK)
     channel_ok = channels < dim
     state_ok = states < STATE
+    checkpoint_offsets = (states[:, None] * dim + channels[None, :])[None, :, :]  # (1, STATE_BLOCK, BLOCK_D)
+    checkpoint_ok = (state_ok[:, None] & channel_ok[None, :])[None, :, :]
+    checkpoint_base = checkpoint_ptr + seq * tl.cdiv(length, CHUNK) * STATE * dim
 
     # A (Di, N) -> (1, N, BLOCK_D), pre-scaled by log2(e) for exp2.
     a_offsets = states[:, None] * stride_A_n + channels[None, :] * stride_A_d
@@ -95,6 +112,9 @@ def _scan_forward_kernel(
 
     h = tl.zeros([1, STATE_BLOCK, BLOCK_D], dtype=tl.float32)  # state after the previous step
     for start in range(0, length, CHUNK):
+        if CHECKPOINT:
+            checkpoint_at = checkpoint_base + (start // CHUNK) * STATE * dim
+            tl.store(checkpoint_at + checkpoint_offsets, h, mask=checkpoint_ok)
         t = start + steps
         tile_ok = (t < length)[:, None] & channel_ok[None, :]  # (CHUNK, BLOCK_D)
         u = tl.load(u_base + t[:, None] * stride_u_l, mask=tile_ok, other=0.0).to(tl.float32)
@@ -109,11 +129,10 @@ def _scan_forward_kernel(
         du3 = (delta * u)[:, None, :]
         y3 = tl.zeros([CHUNK, 1, BLOCK_D], dtype=tl.float32)
         for step in tl.static_range(CHUNK):
-            # Picking step `step` of a tile as a masked sum over the (in-thread) steps folds to a register
-            # read once unrolled (-0.0 is the exact identity of +); B_t, C_t are the same for every channel.
+            # Step `step` of the chunk; B_t, C_t are the same for every channel.
             pick = (steps == step)[:, None, None]
-            delta_t = tl.sum(tl.where(pick, delta3, -0.0), axis=0, keep_dims=True)  # (1, 1, BLOCK_D)
-            du_t = tl.sum(tl.where(pick, du3, -0.0), axis=0, keep_dims=True)
+            delta_t = _pick(delta3, pick)  # (1, 1, BLOCK_D)
+            du_t = _pick(du3, pick)
             t_ok = state_ok & (start + step < length)
             B_t = tl.load(B_base + (start + step) * stride_B_l, mask=t_ok, other=0.0).to(tl.float32)
             C_t = tl.load(C_base + (start + step) * stride_C_l, mask=t_ok, other=0.0).to(tl.float32)
@@ -129,51 +148,278 @@ def _scan_forward_kernel(
         tl.store(out_base + t[:, None] * stride_out_l, y.to(out_ptr.dtype.element_ty), mask=tile_ok)
 
 
-def default_config(dim: int) -> dict:
+@triton.jit
+def _scan_backward_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, checkpoint_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    dim, length,
+    stride_u_b, stride_u_d, stride_u_l,
+    stride_delta_b, stride_delta_d, stride_delta_l,
+    stride_A_d, stride_A_n,
+    stride_z_b, stride_z_d, stride_z_l,
+    stride_dout_b, stride_dout_d, stride_dout_l,
+    STATE: tl.constexpr, STATE_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    """Gradients of one (sequence, channel block), walking the chunks from last to first.
+
+    Per chunk: reload the tiles, recompute the chunk's states from its checkpoint (kept in registers as a
+    (CHUNK, N, BLOCK_D) tile), then run the adjoint recurrence backwards through the chunk's steps:
+        dh_t = exp(delta_{t+1}·A)·dh_{t+1} + dy_t·C_t
+        dC_t += Σ_d dy_t·h_t        dB_t += Σ_d dh_t·delta_t·u_t        dA += Σ_t dh_t·h_{t-1}·a_t·delta_t
+        d delta_t = Σ_N dh_t·(h_{t-1}·a_t·A + B_t·u_t)            du_t = Σ_N dh_t·B_t·delta_t + D·dy'_t
+    B, C are float32 (batch, L, N) as in the forward. Outputs: du, d delta, dz (batch, Di, L) contiguous in
+    their inputs' dtypes; float32 partial sums, reduced by the caller: dA (batch, Di, N), dB, dC
+    (batch, channel blocks, L, N), dD, d delta_bias (batch, Di).
+    """
+    seq = tl.program_id(0).to(tl.int64)
+    block = tl.program_id(1)
+    channels = block * BLOCK_D + tl.arange(0, BLOCK_D)
+    states = tl.arange(0, STATE_BLOCK)
+    steps = tl.arange(0, CHUNK)
+    channel_ok = channels < dim
+    state_ok = states < STATE
+    state_channel_ok = (state_ok[:, None] & channel_ok[None, :])[None, :, :]
+    checkpoint_offsets = (states[:, None] * dim + channels[None, :])[None, :, :]  # (1, STATE_BLOCK, BLOCK_D)
+    chunks = tl.cdiv(length, CHUNK)
+    checkpoint_base = checkpoint_ptr + seq * chunks * STATE * dim
+
+    a_offsets = states[:, None] * stride_A_n + channels[None, :] * stride_A_d
+    A = tl.load(A_ptr + a_offsets, mask=state_ok[:, None] & channel_ok[None, :], other=0.0).to(tl.float32)
+    A = A[None, :, :]  # (1, STATE_BLOCK, BLOCK_D), natural units (exp2 takes A·log2 e)
+    if HAS_D:
+        D = tl.load(D_ptr + channels, mask=channel_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + channels, mask=channel_ok, other=0.0).to(tl.float32)
+
+    u_base = u_ptr + seq * stride_u_b + channels[None, :] * stride_u_d
+    delta_base = delta_ptr + seq * stride_delta_b + channels[None, :] * stride_delta_d
+    z_base = z_ptr + seq * stride_z_b + channels[None, :] * stride_z_d
+    dout_base = dout_ptr + seq * stride_dout_b + channels[None, :] * stride_dout_d
+    grad_offsets = seq * dim * length + channels[None, :] * length  # du, d delta, dz: contiguous
+    B_base = B_ptr + seq * length * STATE + states
+    C_base = C_ptr + seq * length * STATE + states
+    dBC_base = (seq * tl.num_programs(1) + block) * length * STATE + states  # dB, dC partials
+
+    dh = tl.zeros([1, STATE_BLOCK, BLOCK_D], dtype=tl.float32)  # dL/dh_t, carried backwards
+    dA = tl.zeros([1, STATE_BLOCK, BLOCK_D], dtype=tl.float32)
+    dD = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for back in range(0, chunks):
+        start = (chunks - 1 - back) * CHUNK
+        t = start + steps
+        tile_ok = (t < length)[:, None] & channel_ok[None, :]  # (CHUNK, BLOCK_D)
+        u = tl.load(u_base + t[:, None] * stride_u_l, mask=tile_ok, other=0.0).to(tl.float32)
+        delta_in = tl.load(delta_base + t[:, None] * stride_delta_l, mask=tile_ok, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            delta_in = delta_in + bias[None, :]
+        delta = delta_in
+        if SOFTPLUS:
+            delta = _softplus(delta_in)
+        dout = tl.load(dout_base + t[:, None] * stride_dout_l, mask=tile_ok, other=0.0).to(tl.float32)
+        delta3 = delta[:, None, :]  # (CHUNK, 1, BLOCK_D)
+        du3 = (delta * u)[:, None, :]
+        u3 = u[:, None, :]
+
+        # Recompute the chunk's states h_t (CHUNK, N, BLOCK_D) and, for dz, its read-out y_t.
+        h_start = tl.load(checkpoint_base + (start // CHUNK) * STATE * dim + checkpoint_offsets,
+                          mask=state_channel_ok, other=0.0)
+        h = h_start
+        h_all = tl.zeros([CHUNK, STATE_BLOCK, BLOCK_D], dtype=tl.float32)
+        y3 = tl.zeros([CHUNK, 1, BLOCK_D], dtype=tl.float32)
+        for step in tl.static_range(CHUNK):
+            pick = (steps == step)[:, None, None]
+            t_ok = state_ok & (start + step < length)
+            B_t = tl.load(B_base + (start + step) * STATE, mask=t_ok, other=0.0)[None, :, None]
+            h = tl.fma(tl.exp2(_pick(delta3, pick) * (A * LOG2_E)), h, _pick(du3, pick) * B_t)
+            h_all = tl.where(pick, h, h_all)
+            if HAS_Z:
+                C_t = tl.load(C_base + (start + step) * STATE, mask=t_ok, other=0.0)[None, :, None]
+                y3 = tl.where(pick, tl.sum(h * C_t, axis=1, keep_dims=True), y3)
+
+        # Output gate and skip: out = (y + D·u)·silu(z); dy' = dL/d(y + D·u).
+        dy = dout
+        if HAS_Z:
+            z = tl.load(z_base + t[:, None] * stride_z_l, mask=tile_ok, other=0.0).to(tl.float32)
+            gate = tl.sigmoid(z)
+            pre = tl.sum(y3, axis=1)
+            if HAS_D:
+                pre = pre + u * D[None, :]
+            dz = dout * pre * gate * (1.0 + z * (1.0 - gate))
+            tl.store(dz_ptr + grad_offsets + t[:, None], dz.to(dz_ptr.dtype.element_ty), mask=tile_ok)
+            dy = dout * z * gate
+        du = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
+        if HAS_D:
+            du = dy * D[None, :]
+            dD += tl.sum(dy * u, axis=0)
+        dy3 = dy[:, None, :]
+
+        # Adjoint steps, last to first.
+        ddelta3 = tl.zeros([CHUNK, 1, BLOCK_D], dtype=tl.float32)
+        dbu3 = tl.zeros([CHUNK, 1, BLOCK_D], dtype=tl.float32)  # Σ_N dh_t·B_t
+        for back_step in tl.static_range(CHUNK):
+            step = CHUNK - 1 - back_step
+            pick = (steps == step)[:, None, None]
+            t_ok = state_ok & (start + step < length)
+            B_t = tl.load(B_base + (start + step) * STATE, mask=t_ok, other=0.0)[None, :, None]
+            C_t = tl.load(C_base + (start + step) * STATE, mask=t_ok, other=0.0)[None, :, None]
+            delta_t = _pick(delta3, pick)
+            dy_t = _pick(dy3, pick)
+            h_t = _pick(h_all, pick)
+            if step == 0:
+                h_prev = h_start
+            else:
+                h_prev = _pick(h_all, (steps == step - 1)[:, None, None])
+            dh = tl.fma(dy_t, C_t, dh)
+            tl.store(dC_ptr + dBC_base + (start + step) * STATE,
+                     tl.sum(tl.sum(dy_t * h_t, axis=2), axis=0), mask=t_ok)
+            tl.store(dB_ptr + dBC_base + (start + step) * STATE,
+                     tl.sum(tl.sum(dh * _pick(du3, pick), axis=2), axis=0), mask=t_ok)
+            decay = tl.exp2(delta_t * (A * LOG2_E))
+            dlog_decay = dh * h_prev * decay  # dL/d(delta_t·A)
+            dA += dlog_decay * delta_t
+            dbu = tl.sum(dh * B_t, axis=1, keep_dims=True)  # (1, 1, BLOCK_D)
+            ddelta_t = tl.sum(dlog_decay * A, axis=1, keep_dims=True) + dbu * _pick(u3, pick)
+            ddelta3 = tl.where(pick, ddelta_t, ddelta3)
+            dbu3 = tl.where(pick, dbu, dbu3)
+            dh = dh * decay
+
+        ddelta = tl.sum(ddelta3, axis=1)  # (CHUNK, BLOCK_D), dL/d delta after softplus
+        du += tl.sum(dbu3, axis=1) * delta
+        if SOFTPLUS:
+            ddelta = ddelta * tl.sigmoid(delta_in)
+        ddelta = tl.where(tile_ok, ddelta, 0.0)
+        if HAS_BIAS:
+            dbias += tl.sum(ddelta, axis=0)
+        tl.store(du_ptr + grad_offsets + t[:, None], du.to(du_ptr.dtype.element_ty), mask=tile_ok)
+        tl.store(ddelta_ptr + grad_offsets + t[:, None], ddelta.to(ddelta_ptr.dtype.element_ty), mask=tile_ok)
+
+    tl.store(dA_ptr + seq * dim * STATE + (channels[None, :] * STATE + states[:, None])[None, :, :], dA,
+             mask=state_channel_ok)
+    if HAS_D:
+        tl.store(dD_ptr + seq * dim + channels, dD, mask=channel_ok)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + seq * dim + channels, dbias, mask=channel_ok)
+
+
+def default_config(dim: int, chunk: int = DEFAULT_CHUNK) -> dict:
     """Tile sizes: one channel per thread, as many warps as fill 128 channels (fewer for narrow models)."""
     num_warps = DEFAULT_NUM_WARPS
     while num_warps > 1 and 32 * num_warps > triton.next_power_of_2(dim):
         num_warps //= 2
-    return {"block_d": 32 * num_warps, "chunk": DEFAULT_CHUNK, "num_warps": num_warps}
+    return {"block_d": 32 * num_warps, "chunk": chunk, "num_warps": num_warps}
 
 
-def selective_scan_forward(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-    block_d: int | None = None, chunk: int | None = None, num_warps: int | None = None,
-):
-    """The selective scan on the Triton kernel: out (batch, Di, L) in u's dtype; no autograd.
+def _tile(dim: int, tile: dict | None, chunk: int) -> dict:
+    return {**default_config(dim, chunk), **{k: v for k, v in (tile or {}).items() if v}}
 
-    Shapes as `selective_scan_ref` (u, delta, z (batch, Di, L); A (Di, N); B, C (batch, N, L); D,
-    delta_bias (Di,)); any strides. `block_d` (channels per program, a power of two), `chunk` (steps per
-    chunk, a power of two) and `num_warps` override `default_config` (benchmarks try several).
-    """
+
+def _check_inputs(u, delta, A, B, C, z) -> None:
     _check_shapes(u, delta, A, B, C)
-    batch, dim, length = u.shape
-    state = A.shape[1]
     for name, t in (("u", u), ("delta", delta), ("z", z)):
         if t is not None and t.dtype not in TRITON_DTYPES:
             raise ValueError(f"triton selective scan: {name} has dtype {t.dtype}; supported: "
                              f"{', '.join(str(d) for d in TRITON_DTYPES)}")
-    config = default_config(dim)
-    block_d = block_d or config["block_d"]
-    chunk = chunk or config["chunk"]
-    num_warps = num_warps or config["num_warps"]
-    # B, C as float32 (batch, L, N), N contiguous: each step then reads its N values as a few wide loads with
-    # no per-step conversion (they are 1/Di of the data, so this copy is cheap).
-    B, C = (t.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format) for t in (B, C))
+
+
+def _token_major(t: torch.Tensor) -> torch.Tensor:
+    """B or C (batch, N, L) -> float32 (batch, L, N), contiguous: each step then reads its N values as a few
+    wide loads with no conversion (they are 1/Di of the data, so this copy is cheap)."""
+    return t.transpose(1, 2).to(torch.float32).contiguous()  # .to alone keeps a float32 view's strides
+
+
+def _optional(t, fallback):
+    """A placeholder pointer for an absent optional tensor: never read (the kernels' constexpr flags)."""
+    return t if t is not None else fallback
+
+
+def _launch_forward(u, delta, A, B_tm, C_tm, D, z, delta_bias, delta_softplus, tile, checkpoint):
+    """Run the forward kernel; B_tm, C_tm from `_token_major`. Returns out and the checkpoints (or None)."""
+    batch, dim, length = u.shape
+    state = A.shape[1]
     out = torch.empty_like(u, memory_format=torch.contiguous_format)
+    chunks = triton.cdiv(length, tile["chunk"])
+    checkpoints = u.new_empty((batch, chunks, state, dim), dtype=torch.float32) if checkpoint else None
     if out.numel() == 0:
-        return out
-    zz = z if z is not None else u  # placeholders for absent optional tensors: never read (constexpr flags)
-    grid = (batch, triton.cdiv(dim, block_d))
-    _scan_forward_kernel[grid](
-        u, delta, A, B, C, D if D is not None else u, zz, delta_bias if delta_bias is not None else u, out,
-        dim, length,
+        return out, checkpoints
+    zz = _optional(z, u)
+    _scan_forward_kernel[(batch, triton.cdiv(dim, tile["block_d"]))](
+        u, delta, A, B_tm, C_tm, _optional(D, u), zz, _optional(delta_bias, u), out,
+        _optional(checkpoints, u), dim, length,
         *u.stride(), *delta.stride(), *A.stride(),
-        B.stride(0), B.stride(2), B.stride(1), C.stride(0), C.stride(2), C.stride(1),
+        B_tm.stride(0), B_tm.stride(2), B_tm.stride(1), C_tm.stride(0), C_tm.stride(2), C_tm.stride(1),
         *zz.stride(), *out.stride(),
-        STATE=state, STATE_BLOCK=triton.next_power_of_2(state), BLOCK_D=block_d, CHUNK=chunk,
+        STATE=state, STATE_BLOCK=triton.next_power_of_2(state), BLOCK_D=tile["block_d"], CHUNK=tile["chunk"],
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), num_warps=num_warps,
+        SOFTPLUS=bool(delta_softplus), CHECKPOINT=checkpoint, num_warps=tile["num_warps"],
     )
+    return out, checkpoints
+
+
+class _SelectiveScanFunction(torch.autograd.Function):
+    """Forward kernel with checkpoints (the state before every chunk, float32 (batch, chunks, N, Di)),
+    backward kernel from them; the backward's cross-sequence and cross-block sums are finished here."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, tile):
+        B_tm, C_tm = _token_major(B), _token_major(C)
+        out, checkpoints = _launch_forward(u, delta, A, B_tm, C_tm, D, z, delta_bias, delta_softplus, tile,
+                                           checkpoint=True)
+        ctx.save_for_backward(u, delta, A, B_tm, C_tm, D, z, delta_bias, checkpoints)
+        ctx.options = (bool(delta_softplus), tile, B.dtype, C.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        u, delta, A, B_tm, C_tm, D, z, delta_bias, checkpoints = ctx.saved_tensors
+        softplus, tile, B_dtype, C_dtype = ctx.options
+        batch, dim, length = u.shape
+        state = A.shape[1]
+        blocks = triton.cdiv(dim, tile["block_d"])
+        contiguous = torch.contiguous_format
+        du = torch.empty_like(u, memory_format=contiguous)
+        ddelta = torch.empty_like(delta, memory_format=contiguous)
+        dz = torch.empty_like(z, memory_format=contiguous) if z is not None else None
+        f32 = {"dtype": torch.float32, "device": u.device}
+        dA = torch.empty(batch, dim, state, **f32)
+        dB = torch.empty(batch, blocks, length, state, **f32)
+        dC = torch.empty(batch, blocks, length, state, **f32)
+        dD = torch.empty(batch, dim, **f32) if D is not None else None
+        dbias = torch.empty(batch, dim, **f32) if delta_bias is not None else None
+        zz = _optional(z, u)
+        _scan_backward_kernel[(batch, blocks)](
+            u, delta, A, B_tm, C_tm, _optional(D, u), zz, _optional(delta_bias, u), dout, checkpoints,
+            du, ddelta, _optional(dz, du), dA, dB, dC, _optional(dD, dA), _optional(dbias, dA),
+            dim, length,
+            *u.stride(), *delta.stride(), *A.stride(), *zz.stride(), *dout.stride(),
+            STATE=state, STATE_BLOCK=triton.next_power_of_2(state), BLOCK_D=tile["block_d"],
+            CHUNK=tile["chunk"], HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=softplus, num_warps=tile["num_warps"],
+        )
+        dB = dB.sum(1).transpose(1, 2).to(B_dtype)  # (batch, N, L)
+        dC = dC.sum(1).transpose(1, 2).to(C_dtype)
+        dA = dA.sum(0).to(A.dtype)
+        dD = dD.sum(0).to(D.dtype) if D is not None else None
+        dbias = dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None
+
+
+def selective_scan_triton(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, tile: dict | None = None
+):
+    """The selective scan on the Triton kernels: out (batch, Di, L) in u's dtype, differentiable.
+
+    Shapes as `selective_scan_ref` (u, delta, z (batch, Di, L); A (Di, N); B, C (batch, N, L); D,
+    delta_bias (Di,)); any strides. When autograd records the call, the forward kernel also writes its
+    checkpoints and the backward kernel runs on backward (chunk DEFAULT_CHUNK_BACKWARD); else the forward
+    kernel runs alone (chunk DEFAULT_CHUNK). `tile` overrides `default_config`: "block_d" (channels per
+    program, 32 x num_warps for one channel a thread), "chunk" (steps, a power of two), "num_warps".
+    """
+    _check_inputs(u, delta, A, B, C, z)
+    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    if needs_grad(*tensors):
+        return _SelectiveScanFunction.apply(*tensors, delta_softplus, _tile(u.shape[1], tile,
+                                                                           DEFAULT_CHUNK_BACKWARD))
+    out, _ = _launch_forward(u, delta, A, _token_major(B), _token_major(C), D, z, delta_bias, delta_softplus,
+                             _tile(u.shape[1], tile, DEFAULT_CHUNK), checkpoint=False)
     return out
