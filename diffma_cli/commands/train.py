@@ -154,8 +154,8 @@ def train(
     out: Path = typer.Option(..., "-o", "--out", help="Run folder to create (what `convert --model` takes)."),
     embedder: Path | None = typer.Option(None, "--embedder", help="The frozen CT Vision Embedder: a "
                                          "`train-embedder` run folder, a diffma .safetensors file or a "
-                                         "released .pt (e.g. brain_patch_size_2.pt). Not needed with "
-                                         "--resume."),
+                                         "released .pt (e.g. brain_patch_size_2.pt). With --resume: the "
+                                         "run's own copy."),
     recipe: str | None = typer.Option(None, "--recipe", help=RECIPE_HELP),
     size: str | None = typer.Option(None, "--size", help="Model size: S, B, L, XL, XXL for DiffMa (the "
                                     "baselines also have BL, SB). Default: from the recipe's model.name."),
@@ -189,7 +189,6 @@ def train(
       diffma train DATA -o runs/brain-B2 --resume --steps 200000
     """
     from diffma_cli.train.api import train_diffusion
-    from diffma_cli.train.run_folder import read_run_info
 
     if scan is not None and scan not in SCANS:
         raise InputError(f"--scan {scan!r} is not one of: {', '.join(SCANS)}")
@@ -200,11 +199,9 @@ def train(
         from diffma_cli.config import apply_overrides
 
         resolved = apply_overrides(resolved, {"model.name": name})
-    if embedder is None:
-        if not resume:
-            raise InputError("--embedder is required", hint="give the run folder of `diffma train-embedder` "
-                             "or an embedder weights file")
-        embedder = Path(read_run_info(out)["embedder"]["file"])
+    if embedder is None and not resume:  # a resumed run uses its own copy
+        raise InputError("--embedder is required", hint="give the run folder of `diffma train-embedder` "
+                         "or an embedder weights file")
     folder = train_diffusion(data, out, resolved, embedder, device=device, resume=resume, overwrite=overwrite)
     _say(f"wrote {folder}: {resolved.model.name} EMA weights; convert with: diffma convert CT -o MR "
          f"--model {folder}")

@@ -6,6 +6,7 @@ from rank 0 and returns the run folder's path. The same functions are what the C
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import shutil
@@ -62,8 +63,11 @@ def open_slices(data_dir: Path, split: str):
 def _train(kind: str, run_dir: str | Path, recipe: Recipe, settings: TrainingConfig, *,
            build: Callable[[Processes], object], export: Callable[[object, FitResult, Path], dict],
            info: Callable[[object], dict], device: str, resume: bool, overwrite: bool,
-           progress: bool) -> Path:
-    """What all trainings share: folder checks, processes, seeds, fit, export and run.json (rank 0)."""
+           progress: bool, start: Callable[[object, Path], None] | None = None) -> Path:
+    """What all trainings share: folder checks, processes, seeds, fit, export and run.json (rank 0).
+
+    `start(task, run_dir)` runs on rank 0 once a new run folder exists (not when resuming).
+    """
     run_dir = Path(run_dir)
     with processes(device) as where:
         # Check the output first (every process: same answer), build the task (encoders, latent cache,
@@ -89,6 +93,8 @@ def _train(kind: str, run_dir: str | Path, recipe: Recipe, settings: TrainingCon
                 "world_size": where.world_size, "device": str(where.device)}, resume=resume)
             if resume:  # the resolved recipe now includes this session's overrides (e.g. more steps)
                 save_recipe(recipe, run_dir / run_folder.RECIPE)
+            elif start is not None:
+                start(task, run_dir)
         if where.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(where.device)
         result = fit(task, settings, run_dir, where, resume=resume, progress=progress, description=kind)
@@ -275,14 +281,15 @@ def _check_fit(backbone, embedder, cache, embedder_path: Path) -> None:
                          hint="use encoders.clip=none or a backbone of that width")
 
 
-def train_diffusion(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, embedder: str | Path, *,
+def train_diffusion(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, embedder: str | Path | None, *,
                     device: str = "auto", resume: bool = False, overwrite: bool = False,
                     progress: bool = True) -> Path:
     """Train the diffusion backbone `recipe.model` with the frozen embedder `embedder` (a train-embedder
     run folder, one of our weights files or a released .pt checkpoint).
 
-    Writes `run_dir/backbone.safetensors` (EMA weights) and a copy of the embedder as
-    `run_dir/embedder.safetensors`: `load_run(run_dir)` gives both with the resolved recipe.
+    Copies the embedder into `run_dir/embedder.safetensors` at the start and writes the EMA backbone as
+    `run_dir/backbone.safetensors` at the end: `load_run(run_dir)` gives both with the resolved recipe.
+    When resuming, the run's own copy is used; `embedder` may be None or must hold the same weights.
     """
     from diffma_cli.diffusion.gaussian import GaussianDiffusion, linear_betas, released_betas
     from diffma_cli.models import create_model
@@ -295,6 +302,12 @@ def train_diffusion(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, e
     if recipe.diffusion.noise_schedule != "linear" or not recipe.diffusion.learn_sigma:
         raise InputError("only diffusion.noise_schedule=linear with learn_sigma=true (the released setting) "
                          "is implemented")
+    if resume:
+        run_folder.prepare_run_folder(run_dir, overwrite=overwrite, resume=True, create=False)
+        embedder = _same_embedder(Path(run_dir), embedder)
+    elif embedder is None:
+        raise InputError("no embedder given",
+                         hint="pass a `diffma train-embedder` run folder or an embedder weights file")
     embedder_path = run_folder.embedder_file(embedder)
     embedder_record = {"source": str(Path(embedder).resolve()), "file": str(embedder_path.resolve()),
                        "sha256": file_sha256(embedder_path), "copy": run_folder.EMBEDDER}
@@ -311,20 +324,37 @@ def train_diffusion(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, e
         betas = released_betas() if steps == 1000 else linear_betas(steps)
         task = DiffusionTask(backbone, frozen, GaussianDiffusion(betas), cache, scale,
                              clip_width=backbone.config["hidden_size"])
-        extras["embedder_model"] = frozen
         return task.to(where.device)
 
     def info(task: DiffusionTask) -> dict:
         return {"data": data, "model": task.model.config, "embedder": embedder_record,
                 "encoders": extras["encoders"]}
 
+    def start(task: DiffusionTask, run_dir: Path) -> None:
+        # The copy makes the run folder self-contained from its first step (convert, resume).
+        save_model(copy.deepcopy(task.embedder).cpu(), run_dir / run_folder.EMBEDDER, overwrite=True,
+                   provenance={"copied_from": embedder_record["file"], "sha256": embedder_record["sha256"]})
+
     def export(task: DiffusionTask, result: FitResult, run_dir: Path) -> dict:
         save_model(result.ema, run_dir / run_folder.BACKBONE, overwrite=True,
                    provenance={"trained_by": "diffma train", "run": str(run_dir.resolve()),
                                "steps": result.state.step, "weights": "ema"})
-        save_model(extras["embedder_model"].cpu(), run_dir / run_folder.EMBEDDER, overwrite=True,
-                   provenance={"copied_from": embedder_record["file"], "sha256": embedder_record["sha256"]})
         return {"weights": run_folder.BACKBONE}
 
     return _train("diffusion", run_dir, recipe, recipe.training, build=build, export=export, info=info,
-                  device=device, resume=resume, overwrite=overwrite, progress=progress)
+                  device=device, resume=resume, overwrite=overwrite, progress=progress, start=start)
+
+
+def _same_embedder(run_dir: Path, given: str | Path | None) -> Path:
+    """The run's own embedder copy; a given `--embedder` must hold the same weights (else InputError)."""
+    from diffma_cli.weights import load_model
+
+    own = run_folder.embedder_file(run_dir)
+    if given is None or Path(given).resolve() in (run_dir.resolve(), own.resolve()):
+        return own
+    theirs = load_model(run_folder.embedder_file(given)).state_dict()
+    ours = load_model(own).state_dict()
+    if theirs.keys() != ours.keys() or any(not torch.equal(theirs[k], ours[k]) for k in ours):
+        raise InputError("is not the embedder this run was trained with", path=given,
+                         hint="leave --embedder out when resuming: the run folder holds its own copy")
+    return own

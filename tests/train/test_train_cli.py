@@ -61,6 +61,11 @@ def test_train_writes_a_run_folder_that_load_run_reads(prepared_data, embedder_r
     assert more.exit_code == 0, more.output
     assert json.loads((run / "run.json").read_text())["steps"] == 3
     assert [r["step"] for r in run_log.read_records(run)][-1] == 3
+    # Resuming with another embedder than the run's own copy is refused.
+    other = tmp_path / "other-embedder"
+    assert invoke("train-embedder", prepared_data, "-o", other, "--steps", "1", *EMBEDDER_ARGS).exit_code == 0
+    wrong = invoke("train", prepared_data, "-o", run, "--resume", "--embedder", other, "--device", "cpu")
+    assert wrong.exit_code == 2 and "is not the embedder this run was trained with" in wrong.output
 
 
 def test_resumed_embedder_training_repeats_the_uninterrupted_losses(prepared_data, tmp_path):
