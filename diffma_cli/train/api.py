@@ -138,9 +138,9 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, recipe: Recipe, *, devi
         device = next(vae.parameters()).device
         scale = 1.0 / latent_std(vae, task.dataset, device)
         vae.register_to_config(scaling_factor=scale)
-        _save_pretrained(vae, run_dir)
         val = open_slices(data_dir, "val")
         psnr = reconstruction_psnr(vae, val, device) if len(val) else {}
+        _save_pretrained(vae, run_dir)  # last: it moves the VAE to the CPU
         return {"scaling_factor": scale, "val_psnr_db": psnr, "val_slices": len(val)}
 
     return _train("vae", out_dir, recipe, recipe.vae.training, build=build, export=export, info=info,
