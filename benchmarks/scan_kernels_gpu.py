@@ -8,12 +8,15 @@ Usage (on the GPU machine, after `source benchmarks/device_env.sh`):
 Shapes are batch x Di x L x N as DiffMa-B/2's mixer calls the scan (3 scan orders stacked on the batch:
 96 = batch 32 training, 192 = batch 64 forward, 24 x 1024 steps = batch 8 at 512²). Inputs are drawn once
 per shape like the mixer's (u, delta, z, B, C in the activation dtype; A = -(1..N) jittered, D, delta_bias
-in float32; delta_softplus on). "fwd" is a no-grad call; "fwd+bwd" a call and a backward of a random
-cotangent into all inputs (backends without a backward show "n/a"). Timing: CUDA events around each call
-after warm-up, median of --repeat. "max rel err" is max |out - ref| / max |ref| against `selective_scan_ref`
-on the same inputs cast to float32 (bf16 outputs carry bf16 rounding, ~4e-3). Then, for the first shape
-and dtype, the Triton kernel's tile options (--sweep), so its defaults can be chosen from measurements.
-Every failure is caught and shown in its row: the script always prints its table.
+in float32; delta_softplus on). "fwd" is a no-grad call; "fwd+bwd" a call plus the gradients of a random
+cotangent into all eight inputs. Timing: CUDA events around each call after warm-up, median of --repeat.
+"out rel err" is max |out - ref| / max |ref| against `selective_scan_ref` (autograd) on the same inputs cast
+to float32; "grad rel err" the worst such error over the eight gradients (bf16 values carry bf16 rounding,
+~4e-3). "fwd+bwd peak MiB": memory one fwd+bwd call allocates at its peak (the Triton backward's chunk
+checkpoints included). Then, for the first shape and the last dtype, the Triton kernels' tile options
+(forward and fwd+bwd; --no-sweep skips), so their defaults can be chosen from measurements.
+Every failure is caught and shown in its row (traceback on stderr): the script always prints its tables.
+Expect a few minutes, most of it Triton compiling each tile once.
 """
 
 from __future__ import annotations
@@ -27,13 +30,13 @@ import traceback
 
 import torch
 
-from diffma_cli.errors import EnvironmentProblem
 from diffma_cli.models.ops import selective_scan as ops
 
 SHAPES = "96x1024x196x16,192x1024x196x16,24x1024x1024x16"
 BACKENDS = ("triton", "mamba_ssm", "torch")
-#: Triton tile options tried by --sweep: (chunk, num_warps); block_d = 32 x num_warps (one channel a thread).
-SWEEP = [(4, 4), (8, 4), (16, 4), (8, 2), (8, 8), (4, 2), (16, 2)]
+#: Triton tile options tried by the sweep: (chunk, num_warps); block_d = 32 x num_warps (a channel a thread).
+SWEEP_FORWARD = [(4, 4), (8, 4), (16, 4), (8, 2), (8, 1), (8, 8), (4, 2)]
+SWEEP_BACKWARD = [(4, 4), (4, 2), (4, 1), (2, 4), (8, 4), (8, 1)]
 #: A call slower than this (ms) is timed with fewer repeats (the PyTorch scan at 1024 steps).
 SLOW_MS = 50.0
 #: Where inputs live (a smoke test of this script on a CPU sets "cpu" together with TRITON_INTERPRET=1).
@@ -73,60 +76,103 @@ def time_ms(call, warmup: int, repeat: int) -> float:
     return statistics.median(times)
 
 
-def float32_reference(args):
-    with torch.no_grad():
-        return ops.selective_scan_ref(**{k: v.float() if torch.is_tensor(v) else v for k, v in args.items()})
+def float32_reference(args, grad_out):
+    """`selective_scan_ref` on float32 copies: output and the gradients of <out, grad_out> (autograd)."""
+    leaves = {k: v.detach().float().requires_grad_(True) for k, v in args.items() if torch.is_tensor(v)}
+    out = ops.selective_scan_ref(**leaves, delta_softplus=args["delta_softplus"])
+    grads = torch.autograd.grad(out, list(leaves.values()), grad_out.float())
+    return out.detach(), dict(zip(leaves, grads, strict=True))
 
 
 def relative_error(out, ref) -> float:
     return ((out.float() - ref).abs().max() / ref.abs().max()).item()
 
 
-def forward_row(args, ref, backend, warmup, repeat, **tile):
+def scan(args, backend, tile):
+    if tile:
+        return ops.triton_scan_fn()(**args, tile=tile)
+    return ops.selective_scan(**args, backend=backend)
+
+
+def forward_row(args, ref, backend, warmup, repeat, tile=None):
     def call():
         with torch.no_grad():
-            if tile:
-                return ops.triton_scan_fn()(**args, tile=tile)
-            return ops.selective_scan(**args, backend=backend)
+            return scan(args, backend, tile)
 
     out = call()
-    return {"fwd_ms": time_ms(call, warmup, repeat), "max_rel_err": relative_error(out, ref)}
+    return {"fwd_ms": time_ms(call, warmup, repeat), "max_rel_err": relative_error(out, ref[0])}
 
 
-def backward_ms(args, backend, warmup, repeat):
+def backward_row(args, grad_out, ref, backend, warmup, repeat, tile=None):
+    """fwd+bwd time, the worst relative error over all input gradients, and the peak memory of one call
+    above what was allocated before it (MiB)."""
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in args.items() if torch.is_tensor(v)}
-    grad_out = torch.randn_like(args["u"])
 
     def call():
-        out = ops.selective_scan(**leaves, delta_softplus=True, backend=backend)
-        out.backward(grad_out)
+        out = scan({**args, **leaves}, backend, tile)
+        return torch.autograd.grad(out, list(leaves.values()), grad_out)
 
-    try:
-        call()
-    except EnvironmentProblem as error:
-        if "no backward" in str(error):
-            return None
-        raise
-    return time_ms(call, warmup, repeat)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    grads = call()
+    peak = (torch.cuda.max_memory_allocated() - before) / 2**20
+    error = max(relative_error(g, ref[1][name]) for name, g in zip(leaves, grads, strict=True))
+    return {"fwdbwd_ms": time_ms(call, warmup, repeat), "grad_rel_err": error, "fwdbwd_peak_mib": peak}
 
 
-def run_backend(args, ref, backend, warmup, repeat, with_backward):
+def failure(error) -> str:
+    traceback.print_exc(file=sys.stderr)
+    return f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+
+
+def run_backend(args, grad_out, ref, backend, warmup, repeat, with_backward):
     row = {"backend": backend}
     try:
         row.update(forward_row(args, ref, backend, warmup, repeat))
         if with_backward:
-            row["fwdbwd_ms"] = backward_ms(args, backend, warmup, repeat)
+            row.update(backward_row(args, grad_out, ref, backend, warmup, repeat))
     except Exception as error:  # shown in the table; the benchmark goes on
-        row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
-        traceback.print_exc(file=sys.stderr)
+        row["error"] = failure(error)
     torch.cuda.empty_cache()
     return row
+
+
+def run_sweep(args, grad_out, ref, opts) -> list[dict]:
+    """The Triton kernels with each tile of SWEEP_FORWARD (forward) and SWEEP_BACKWARD (fwd+bwd)."""
+    entries = []
+    for name, tiles, row in (("fwd", SWEEP_FORWARD, forward_row), ("fwd+bwd", SWEEP_BACKWARD, None)):
+        if row is None and opts.no_backward:
+            continue
+        for chunk, warps in tiles:
+            tile = {"chunk": chunk, "num_warps": warps, "block_d": 32 * warps}
+            entry = {"pass": name, **tile}
+            try:
+                if row is forward_row:
+                    entry.update(forward_row(args, ref, "triton", opts.warmup, opts.repeat, tile))
+                else:
+                    entry.update(backward_row(args, grad_out, ref, "triton", opts.warmup, opts.repeat, tile))
+            except Exception as error:
+                entry["error"] = failure(error)
+            entries.append(entry)
+            print(json.dumps(entry), file=sys.stderr, flush=True)
+            torch.cuda.empty_cache()
+    return entries
+
+
+def triton_defaults() -> str:
+    from diffma_cli.models.ops import selective_scan_triton as kernels
+
+    return (f"forward chunk {kernels.DEFAULT_CHUNK}, fwd+bwd chunk {kernels.DEFAULT_CHUNK_BACKWARD}, "
+            f"{kernels.DEFAULT_NUM_WARPS} warps x 32 channels")
 
 
 def cell(value, digits=3):
     if value is None:
         return "n/a"
-    return f"{value:.{digits}f}" if value >= 0.01 else f"{value:.2e}"
+    if digits == 0 or value >= 0.01:
+        return f"{value:.{digits}f}"
+    return f"{value:.2e}"
 
 
 def main(argv=None) -> int:
@@ -155,51 +201,51 @@ def main(argv=None) -> int:
     print(f"# {card}; torch {torch.__version__}; triton {triton_version}; "
           f"{datetime.date.today().isoformat()}", flush=True)
 
-    rows = []
+    rows, sweep = [], []
     for shape_text in opts.shapes.split(","):
         shape = tuple(int(x) for x in shape_text.split("x"))
         for dtype_name in opts.dtypes.split(","):
             args = make_inputs(*shape, dtypes[dtype_name])
-            ref = float32_reference(args)
+            grad_out = torch.randn(shape[:3], device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(1))
+            grad_out = grad_out.to(dtypes[dtype_name])
+            try:
+                ref = float32_reference(args, grad_out)
+            except Exception as error:
+                print(f"reference failed for {shape_text} {dtype_name}: {failure(error)}", flush=True)
+                continue
             for backend in opts.backends.split(","):
-                row = run_backend(args, ref, backend, opts.warmup, opts.repeat, not opts.no_backward)
+                row = run_backend(args, grad_out, ref, backend, opts.warmup, opts.repeat,
+                                  with_backward=not opts.no_backward)
                 row.update(shape=shape_text, dtype=dtype_name)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
-            del ref, args
+            sweeping = (not opts.no_sweep and ops.triton_scan_fn() is not None and not sweep
+                        and dtype_name == opts.dtypes.split(",")[-1])
+            if sweeping:  # first shape, last dtype (bf16 by default: what autocast training passes)
+                sweep = run_sweep(args, grad_out, ref, opts)
+                for entry in sweep:
+                    entry.update(shape=shape_text, dtype=dtype_name)
+            del ref, args, grad_out
             torch.cuda.empty_cache()
 
-    sweep = []
-    if not opts.no_sweep and ops.triton_scan_fn() is not None:
-        shape_text, dtype_name = opts.shapes.split(",")[0], opts.dtypes.split(",")[-1]
-        shape = tuple(int(x) for x in shape_text.split("x"))
-        args = make_inputs(*shape, dtypes[dtype_name])
-        ref = float32_reference(args)
-        for chunk, warps in SWEEP:
-            tile = {"chunk": chunk, "num_warps": warps, "block_d": 32 * warps}
-            entry = {"shape": shape_text, "dtype": dtype_name, **tile}
-            try:
-                entry.update(forward_row(args, ref, "triton", opts.warmup, opts.repeat, **tile))
-            except Exception as error:
-                entry["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
-            sweep.append(entry)
-            print(json.dumps(entry), file=sys.stderr, flush=True)
-
-    print(f"\n| shape (batch x Di x L x N) | dtype | backend | fwd ms | fwd+bwd ms | max rel err | "
-          f"card: {card} |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\n| shape (batch x Di x L x N) | dtype | backend | fwd ms | fwd+bwd ms | out rel err | "
+          f"grad rel err | fwd+bwd peak MiB | card: {card} |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        note = row.get("error", "")
         print(f"| {row['shape']} | {row['dtype']} | {row['backend']} | {cell(row.get('fwd_ms'))} | "
-              f"{cell(row.get('fwdbwd_ms'))} | {cell(row.get('max_rel_err'))} | {note} |")
+              f"{cell(row.get('fwdbwd_ms'))} | {cell(row.get('max_rel_err'))} | "
+              f"{cell(row.get('grad_rel_err'))} | {cell(row.get('fwdbwd_peak_mib'), 0)} | "
+              f"{row.get('error', '')} |")
     if sweep:
-        print(f"\nTriton tile sweep ({sweep[0]['shape']}, {sweep[0]['dtype']}, forward):\n")
-        print("| chunk | num_warps | block_d | fwd ms | max rel err | note |")
-        print("|---|---|---|---|---|---|")
+        print(f"\nTriton tile sweep ({sweep[0]['shape']}, {sweep[0]['dtype']}); "
+              f"defaults: {triton_defaults()}\n")
+        print("| pass | chunk | num_warps | block_d | ms | rel err | note |")
+        print("|---|---|---|---|---|---|---|")
         for entry in sweep:
-            print(f"| {entry['chunk']} | {entry['num_warps']} | {entry['block_d']} | "
-                  f"{cell(entry.get('fwd_ms'))} | {cell(entry.get('max_rel_err'))} | "
-                  f"{entry.get('error', '')} |")
+            ms = entry.get("fwd_ms", entry.get("fwdbwd_ms"))
+            err = entry.get("max_rel_err", entry.get("grad_rel_err"))
+            print(f"| {entry['pass']} | {entry['chunk']} | {entry['num_warps']} | {entry['block_d']} | "
+                  f"{cell(ms)} | {cell(err)} | {entry.get('error', '')} |")
     if opts.json:
         with open(opts.json, "w") as handle:
             json.dump({"card": card, "rows": rows, "sweep": sweep}, handle, indent=1)
