@@ -13,12 +13,43 @@ import traceback
 from collections.abc import Callable
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.2x carries its own copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # older typer uses click itself
+    from click import exceptions as click_exceptions
 
 from diffma_cli import __version__
 from diffma_cli.errors import DiffmaError
 
+
+class OneLineUsageErrors(TyperGroup):
+    """Click's usage errors (a bad option value, a missing argument) as one `diffma: error:` line with exit
+    code 2, like every other bad input, instead of click's usage box on several lines."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_exceptions.ClickException as error:
+            if type(error).__name__ == "NoArgsIsHelpError":  # `diffma` alone: the help, as before
+                error.show()
+                sys.exit(error.exit_code)
+            context = getattr(error, "ctx", None)
+            where = f" (see `{context.command_path} --help`)" if context is not None else ""
+            typer.echo(f"diffma: error: {error.format_message().rstrip('.')}{where}", err=True)
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            typer.echo("diffma: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="diffma",
+    cls=OneLineUsageErrors,
     help="DiffMa (Diffusion Mamba) for radiotherapy: prepare paired CT/MR data, train, convert CT volumes "
     "into synthetic MR volumes, and evaluate them.\n\n"
     "Typical workflow: diffma prepare -> diffma train-embedder -> diffma train -> diffma convert -> "

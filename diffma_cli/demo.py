@@ -47,8 +47,10 @@ def run_demo(out: str | Path, *, overwrite: bool = False, device: str = "cpu", c
     from diffma_cli.evaluation.pairing import pair_folder
     from diffma_cli.io.atomic import check_output
     from diffma_cli.train.api import train_diffusion, train_embedder, train_vae
+    from diffma_cli.train.distributed import resolve_device
 
     out = check_output(out, overwrite)
+    resolve_device(device)  # a device that is not here fails now, not after minutes of synth and prepare
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)

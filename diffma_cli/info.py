@@ -121,6 +121,9 @@ def describe_run(folder: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {"folder": str(folder), "format": "run folder"}
     if (folder / RUN_INFO).is_file():
         summary["run"] = read_run_info(folder)
+        # The weights of an unfinished run are not final (load_run refuses it): say so first.
+        summary["status"] = ("finished" if summary["run"].get("finished") else
+                             "UNFINISHED: training stopped before its last step; continue it with --resume")
     if (folder / RECIPE).is_file():
         try:
             summary["recipe"] = yaml.safe_load((folder / RECIPE).read_text())

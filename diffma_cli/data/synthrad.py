@@ -192,58 +192,13 @@ def check_case(case: Case, needs: tuple[str, ...] = MODALITIES) -> list[str]:
     return problems
 
 
-# NIfTI-1/-2 float datatype codes -> numpy dtypes (nifti1.h: DT_FLOAT32 16, DT_FLOAT64 64).
-_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
-
-
-def _nifti_nonfinite_count(path: Path) -> int:
-    """Non-finite voxels of a NIfTI file read from its raw bytes; EOFError if the voxel data is cut short.
-
-    ITK's NIfTI reader silently turns NaN into 0 and zero-fills a truncated file, so a damaged .nii(.gz)
-    looks clean once read; the raw voxel block (from `vox_offset`, header layout per nifti1.h / nifti2.h)
-    tells. Other formats return 0.
-    """
-    import gzip
-
-    import numpy as np
-
-    name = path.name.lower()
-    if not name.endswith((".nii", ".nii.gz")):
-        return 0
-    opener = gzip.open if name.endswith(".gz") else open
-    with opener(path, "rb") as stream:
-        header = stream.read(540)
-        for order in ("<", ">"):
-            size = int(np.frombuffer(header[:4], f"{order}i4")[0])
-            if size == 348:  # NIfTI-1: dim int16[8] @40, datatype int16 @70, bitpix @72, vox_offset f4 @108
-                dims = np.frombuffer(header[40:56], f"{order}i2").astype(np.int64)
-                datatype, bitpix = (int(v) for v in np.frombuffer(header[70:74], f"{order}i2"))
-                offset = int(np.frombuffer(header[108:112], f"{order}f4")[0])
-                break
-            if size == 540:  # NIfTI-2: datatype, bitpix int16 @12, dim int64[8] @16, vox_offset i8 @168
-                datatype, bitpix = (int(v) for v in np.frombuffer(header[12:16], f"{order}i2"))
-                dims = np.frombuffer(header[16:80], f"{order}i8")
-                offset = int(np.frombuffer(header[168:176], f"{order}i8")[0])
-                break
-        else:
-            return 0
-        expected = int(np.prod(dims[1:1 + int(dims[0])])) * bitpix // 8
-        stream.seek(offset)
-        data = stream.read(expected)
-    if len(data) < expected:
-        raise EOFError(f"{len(data)} of {expected} voxel bytes")
-    if datatype not in _NIFTI_FLOAT_TYPES:
-        return 0
-    values = np.frombuffer(data, np.dtype(f"{order}{_NIFTI_FLOAT_TYPES[datatype]}"))
-    return int(values.size - np.isfinite(values).sum())
-
-
 def load_case(case: Case, needs: tuple[str, ...] = MODALITIES) -> dict:
     """Read and fully check a case: `{modality: SimpleITK.Image}`, or raise CaseError naming the problem."""
     import numpy as np
     import SimpleITK as sitk
 
-    from diffma_cli.io.volumes import read_volume
+    from diffma_cli.data.slicing import BODY_THRESHOLD_HU
+    from diffma_cli.io.volumes import nifti_nonfinite_count, read_volume
 
     problems = check_case(case, needs)
     if problems:
@@ -252,17 +207,22 @@ def load_case(case: Case, needs: tuple[str, ...] = MODALITIES) -> dict:
     for modality in needs:
         path = case.path(modality)
         try:
-            image = read_volume(path)
+            image = read_volume(path, check_voxels=False)  # checked below, with the case's id
         except InputError:  # the header was readable, the voxel data is not (e.g. a truncated file)
             raise CaseError(case.id, f"{path.name} cannot be read as an image", path=case.folder) from None
         array = sitk.GetArrayViewFromImage(image)
         try:
-            bad = int(np.size(array) - np.isfinite(array).sum()) or _nifti_nonfinite_count(path)
+            bad = int(np.size(array) - np.isfinite(array).sum()) or nifti_nonfinite_count(path)
         except (OSError, EOFError, zlib.error):
             raise CaseError(case.id, f"{path.name} is damaged (truncated or corrupt voxel data)",
                             path=case.folder) from None
         if bad:
             raise CaseError(case.id, f"{path.name} holds {bad} non-finite values (NaN or infinity)",
+                            path=case.folder)
+        if modality == "ct" and float(array.min()) >= BODY_THRESHOLD_HU:  # no air: not HU (see convert)
+            raise CaseError(case.id, f"{path.name} does not look like a CT in Hounsfield units (values "
+                            f"{float(array.min()):g} to {float(array.max()):g}, no air below "
+                            f"{BODY_THRESHOLD_HU:g} HU; apply the rescale intercept, usually -1024)",
                             path=case.folder)
         if modality == "mask" and not array.any():
             raise CaseError(case.id, f"{path.name} is empty (no body voxel)", path=case.folder)

@@ -6,6 +6,7 @@ taken from it are indexed (z, y, x) as SimpleITK's `GetArrayFromImage` returns t
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 from diffma_cli.errors import InputError
@@ -20,8 +21,12 @@ def is_volume_file(path: Path) -> bool:
     return path.is_file() and not name.startswith(".") and name.endswith(VOLUME_SUFFIXES)
 
 
-def read_volume(path: str | Path, *, dimension: int = 3):
-    """Read a volume (file or DICOM series folder) as a `SimpleITK.Image`, or raise one clear InputError."""
+def read_volume(path: str | Path, *, dimension: int = 3, check_voxels: bool = True):
+    """Read a volume (file or DICOM series folder) as a `SimpleITK.Image`, or raise one clear InputError.
+
+    `check_voxels`: also refuse NaN/infinite voxels and NIfTI files whose voxel data is cut short, which
+    ITK's reader hides (it reads NaN as 0 and zero-fills a truncated file); costs one more pass over the file.
+    """
     import SimpleITK as sitk
 
     path = Path(path)
@@ -49,7 +54,72 @@ def read_volume(path: str | Path, *, dimension: int = 3):
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; expected 1",
                          path=path)
+    if check_voxels:
+        _check_voxels(image, path)
     return image
+
+
+def _check_voxels(image, path: Path) -> None:
+    """InputError for non-finite voxels (in the image or, for NIfTI, in the raw file) or truncated data."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayViewFromImage(image)
+    try:
+        bad = int(array.size - np.isfinite(array).sum()) if array.dtype.kind == "f" else 0
+        bad = bad or (nifti_nonfinite_count(path) if path.is_file() else 0)
+    except (OSError, EOFError, zlib.error):
+        raise InputError("is damaged: its voxel data is truncated or corrupt", path=path,
+                         hint="copy or export the file again") from None
+    if bad:
+        raise InputError(f"holds {bad} NaN or infinite voxel(s)", path=path,
+                         hint="fix or re-export the volume; NaN has no meaning as an intensity")
+
+
+# NIfTI-1/-2 float datatype codes -> numpy dtypes (nifti1.h: DT_FLOAT32 16, DT_FLOAT64 64).
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def nifti_nonfinite_count(path: Path) -> int:
+    """Non-finite voxels of a NIfTI file read from its raw bytes; EOFError if the voxel data is cut short.
+
+    ITK's NIfTI reader silently turns NaN into 0 and zero-fills a truncated file, so a damaged .nii(.gz)
+    looks clean once read; the raw voxel block (from `vox_offset`, header layout per nifti1.h / nifti2.h)
+    tells. Other formats return 0.
+    """
+    import gzip
+
+    import numpy as np
+
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return 0
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(path, "rb") as stream:
+        header = stream.read(540)
+        for order in ("<", ">"):
+            size = int(np.frombuffer(header[:4], f"{order}i4")[0])
+            if size == 348:  # NIfTI-1: dim int16[8] @40, datatype int16 @70, bitpix @72, vox_offset f4 @108
+                dims = np.frombuffer(header[40:56], f"{order}i2").astype(np.int64)
+                datatype, bitpix = (int(v) for v in np.frombuffer(header[70:74], f"{order}i2"))
+                offset = int(np.frombuffer(header[108:112], f"{order}f4")[0])
+                break
+            if size == 540:  # NIfTI-2: datatype, bitpix int16 @12, dim int64[8] @16, vox_offset i8 @168
+                datatype, bitpix = (int(v) for v in np.frombuffer(header[12:16], f"{order}i2"))
+                dims = np.frombuffer(header[16:80], f"{order}i8")
+                offset = int(np.frombuffer(header[168:176], f"{order}i8")[0])
+                break
+        else:
+            return 0
+        expected = int(np.prod(dims[1:1 + int(dims[0])])) * bitpix // 8
+        stream.seek(offset)
+        data = stream.read(expected)
+    if len(data) < expected:
+        raise EOFError(f"{len(data)} of {expected} voxel bytes")
+    if datatype not in _NIFTI_FLOAT_TYPES:
+        return 0
+    values = np.frombuffer(data, np.dtype(f"{order}{_NIFTI_FLOAT_TYPES[datatype]}"))
+    return int(values.size - np.isfinite(values).sum())
 
 
 def write_volume(image, path: str | Path, *, overwrite: bool = False, compress: bool = True) -> Path:

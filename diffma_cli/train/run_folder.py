@@ -113,7 +113,8 @@ def load_run(path: str | Path) -> LoadedRun:
     """Read a run folder written by `diffma train`: resolved recipe, EMA backbone and embedder.
 
     The frozen encoders are named by `recipe.encoders` (and identified in `info["encoders"]`).
-    Raises InputError when the folder is not a finished diffusion run.
+    Raises InputError when the folder is not a diffusion run or its training did not finish (run.json
+    `finished`).
     """
     from diffma_cli.weights import load_model
 
@@ -124,12 +125,33 @@ def load_run(path: str | Path) -> LoadedRun:
     if info.get("kind") != "diffusion":
         raise InputError(f"is a {info.get('kind')} run, not a diffusion run", path=path,
                          hint="give the folder written by `diffma train`")
-    if not (path / BACKBONE).is_file():
-        raise InputError(f"has no {BACKBONE}: the training did not finish", path=path,
-                         hint="continue it with `diffma train ... --resume`")
+    # A killed first run has no backbone yet; a killed resumed run still holds the earlier one, so the
+    # `finished` flag (set last, after the weights are written) is what says the weights are final.
+    if not (path / BACKBONE).is_file() or not info.get("finished"):
+        raise InputError("is an unfinished run: its training stopped before the last step", path=path,
+                         hint="continue it with `diffma train DATA -o RUN --resume`")
     recipe = load_recipe(path / RECIPE)
-    return LoadedRun(path=path, recipe=recipe, info=info, backbone=load_model(path / BACKBONE),
-                     embedder=load_model(path / EMBEDDER))
+    backbone, embedder = load_model(path / BACKBONE), load_model(path / EMBEDDER)
+    check_parts_fit(path, recipe, backbone.config, embedder.config)
+    return LoadedRun(path=path, recipe=recipe, info=info, backbone=backbone, embedder=embedder)
+
+
+def check_parts_fit(path: Path, recipe: Recipe, backbone: dict, embedder: dict) -> None:
+    """InputError unless the backbone takes the embedder's tokens (same patch, width and latent side) and
+    the latents of the recipe's slices (image_size / 8), so that a run folder whose files were swapped
+    fails here with one line instead of deep inside sampling."""
+    def shape(config: dict) -> str:
+        return (f"{config['name']}: patch {config['patch_size']}, width {config['hidden_size']}, "
+                f"latent {config['input_size']}")
+
+    hint = "the run's files do not belong together: restore them or train again"
+    if any(backbone[key] != embedder[key] for key in ("patch_size", "hidden_size", "input_size")):
+        raise InputError(f"{BACKBONE} ({shape(backbone)}) does not fit {EMBEDDER} ({shape(embedder)})",
+                         path=path, hint=hint)
+    if backbone["input_size"] != recipe.data.image_size // 8:
+        raise InputError(f"{BACKBONE} ({shape(backbone)}) does not take the latents of the recipe's "
+                         f"{recipe.data.image_size}² slices ({recipe.data.image_size // 8}²)", path=path,
+                         hint=hint)
 
 
 def embedder_file(reference: str | Path) -> Path:
