@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from diffma_cli.errors import EnvironmentProblem
+from diffma_cli.models.mamba import MultiOrderMamba
 from diffma_cli.models.ops import selective_scan as ops
 
 ALL_OPTIONS = {"D": True, "z": True, "delta_bias": True, "delta_softplus": True}
@@ -83,12 +84,16 @@ def _receive(stream):
 
 
 def _worker() -> None:
-    """Answer each request {"args", "tile", "grad_out"} with the triton backend's output, or an error text.
+    """Answer each request: {"mixer", ...} with `mixer_gradients(request, "triton")`; {"args", "tile",
+    "grad_out"} with the triton backend's output (or an error text).
 
     Without tile overrides the call goes through `selective_scan(backend="triton")` (dispatch included).
     With grad_out, every tensor argument requires grad and the answer is {"out", "grads"} after a backward
     of grad_out."""
     while (request := _receive(sys.stdin.buffer)) is not None:
+        if "mixer" in request:
+            _send(sys.stdout.buffer, mixer_gradients(request, "triton"))
+            continue
         args, tile, grad_out = request["args"], request["tile"], request["grad_out"]
         tensors = [k for k, v in args.items() if torch.is_tensor(v)]
         for name in tensors:
@@ -109,21 +114,37 @@ def _worker() -> None:
         _send(sys.stdout.buffer, answer)
 
 
+def mixer_gradients(request, backend):
+    """A `MultiOrderMamba` (request["mixer"]: its arguments, request["state"]: its weights) on request["x"]
+    with the given scan backend: output, and gradients of <out, request["grad_out"]> for x and weights."""
+    mixer = MultiOrderMamba(**request["mixer"])
+    mixer.load_state_dict(request["state"])
+    x = request["x"].clone().requires_grad_(True)
+    with ops.scan_backend(backend):
+        out = mixer(x)
+    out.backward(request["grad_out"])
+    return {"out": out.detach(), "grads": {"x": x.grad, **{n: p.grad for n, p in mixer.named_parameters()}}}
+
+
 @pytest.fixture(scope="module")
 def interpreted():
     """run(args, grad_out=None, **tile) -> the triton backend's output (or output and gradients) computed
-    in Triton's interpreter."""
+    in Triton's interpreter; run.raw(request) sends any request `_worker` answers."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     worker = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, env=env)
 
-    def run(args, grad_out=None, **tile):
-        _send(worker.stdin, {"args": args, "tile": tile, "grad_out": grad_out})
+    def raw(request):
+        _send(worker.stdin, request)
         answer = _receive(worker.stdout)
         if answer is None:
             raise RuntimeError("the Triton interpreter worker died (see its stderr above)")
         return answer
 
+    def run(args, grad_out=None, **tile):
+        return raw({"args": args, "tile": tile, "grad_out": grad_out})
+
+    run.raw = raw
     yield run
     worker.stdin.close()
     worker.wait(timeout=60)
@@ -209,6 +230,26 @@ def test_interpreted_gradients_with_other_tiles(interpreted):
 def test_interpreted_gradients_of_bfloat16_inputs(interpreted):
     # gradients are rounded to bfloat16 (relative step 2^-8) before the comparison
     check_gradients(interpreted, make_inputs(1, 12, 9, 4, torch.bfloat16, ALL_OPTIONS, seed=7), rtol=1e-2)
+
+
+def test_interpreted_kernels_in_the_mixer_match_the_reference_scan(interpreted):
+    # The mixer's own call (strided z, B, C views; delta from dt_proj; float32 A, D, bias), forward and
+    # backward, 3 orders of 12 tokens stacked on a batch of 2: 6 sequences of Di = 16, N = 16.
+    g = torch.Generator().manual_seed(8)
+    orders = [list(range(12)), list(range(11, -1, -1)), [(5 * i) % 12 for i in range(12)]]
+    config = {"d_model": 8, "orders": orders}
+    mixer = MultiOrderMamba(**config)
+    with torch.no_grad():
+        for parameter in mixer.parameters():  # away from the zero/one initialisations
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=g))
+    request = {"mixer": config, "state": mixer.state_dict(), "x": torch.randn(2, 12, 8, generator=g),
+               "grad_out": torch.randn(2, 12, 8, generator=g)}
+    answer = interpreted.raw(request)
+    assert isinstance(answer, dict), answer
+    expected = mixer_gradients(request, "reference")
+    assert_matches(answer["out"], expected["out"], rtol=1e-5)
+    for name, grad in expected["grads"].items():
+        assert_matches(answer["grads"][name], grad, rtol=1e-5)
 
 
 # --- dispatch (no kernel run) -----------------------------------------------------------------------------

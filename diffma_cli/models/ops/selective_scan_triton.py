@@ -404,6 +404,9 @@ class _SelectiveScanFunction(torch.autograd.Function):
         return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None
 
 
+# Kept out of torch.compile graphs (a graph break, as mamba-ssm's CUDA op is): the kernels launch as they
+# do eagerly, whatever dynamo's support for user-defined Triton kernels in this torch version.
+@torch.compiler.disable
 def selective_scan_triton(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, tile: dict | None = None
 ):
