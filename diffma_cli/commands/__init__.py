@@ -21,6 +21,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("import-weights", "weights:import_weights"),
     ("info", "weights:info"),
     ("demo", "demo:demo"),
+    ("doctor", "doctor:doctor"),
 ]
 
 

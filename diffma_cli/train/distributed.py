@@ -54,7 +54,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise EnvironmentProblem("CUDA was asked for but is not available here",
-                                     hint="use --device cpu, or install a CUDA build of PyTorch")
+                                     hint="use --device cpu, or install a CUDA build of PyTorch; "
+                                          "`diffma doctor` shows what torch sees")
         index = int(name.split(":")[1]) if ":" in name else local_rank
         torch.cuda.set_device(index)
         return torch.device("cuda", index)

@@ -113,8 +113,8 @@ CASES = [
         lambda w, o: ["train-vae", w.data, "-o", o / "vae", *VAE, "--set", "vae.training.lr=fast"], 2,
         ("vae.training.lr",)),
     Bad("train-vae", "CUDA where there is none",
-        lambda w, o: ["train-vae", w.data, "-o", o / "vae", *VAE, "--device", "cuda"], 4, ("CUDA",),
-        needs_no_cuda=True),
+        lambda w, o: ["train-vae", w.data, "-o", o / "vae", *VAE, "--device", "cuda"], 4,
+        ("CUDA", "diffma doctor"), needs_no_cuda=True),
     # ------------------------------------------------------------------ train-embedder
     Bad("train-embedder", "output exists",
         lambda w, o: ["train-embedder", w.data, "-o", o / "emb", *EMBED], 3, ("emb", "already exists"),
@@ -133,8 +133,8 @@ CASES = [
         lambda w, o: ["train-embedder", w.data, "-o", o / "emb", *EMBED, "--set",
                       "embedder.training.global_batch_size=0"], 2, ("global_batch_size",)),
     Bad("train-embedder", "CUDA where there is none",
-        lambda w, o: ["train-embedder", w.data, "-o", o / "emb", *EMBED, "--device", "cuda"], 4, ("CUDA",),
-        needs_no_cuda=True),
+        lambda w, o: ["train-embedder", w.data, "-o", o / "emb", *EMBED, "--device", "cuda"], 4,
+        ("CUDA", "diffma doctor"), needs_no_cuda=True),
     # ------------------------------------------------------------------ train
     Bad("train", "--steps 0",
         lambda w, o: ["train", w.data, "-o", o / "run", "--embedder", w.embedder, *TRAIN, "--steps", 0], 2,
@@ -156,7 +156,7 @@ CASES = [
         ("blocker", "not writable"), setup=blocker),
     Bad("train", "CUDA where there is none",
         lambda w, o: ["train", w.data, "-o", o / "run", "--embedder", w.embedder, *TRAIN, "--device", "cuda"],
-        4, ("CUDA",), needs_no_cuda=True),
+        4, ("CUDA", "diffma doctor"), needs_no_cuda=True),
     # ------------------------------------------------------------------ convert
     *[Bad("convert", problem, lambda w, o, p=problem: ["convert", w.volumes[p], "-o", o / "mr.nii.gz",
                                                        "--model", w.run, "--device", "cpu"], 2, words)
@@ -236,7 +236,7 @@ CASES = [
         ("blocker", "not writable"), setup=blocker),
     Bad("demo", "--cases 2", lambda w, o: ["demo", "-o", o / "demo", "--cases", 2], 2, ("--cases",)),
     Bad("demo", "CUDA where there is none", lambda w, o: ["demo", "-o", o / "demo", "--device", "cuda"], 4,
-        ("CUDA",), needs_no_cuda=True),
+        ("CUDA", "diffma doctor"), needs_no_cuda=True),
 ]
 
 

@@ -215,7 +215,8 @@ def resolve_backend(backend: str | None, u: torch.Tensor, grad: bool = False) ->
     if name == "triton":
         if triton_scan_fn() is None:
             raise EnvironmentProblem(f"the triton selective-scan backend was requested but triton cannot be "
-                                     f"imported ({_triton_error})", hint="install triton, or use 'auto'")
+                                     f"imported ({_triton_error})",
+                                     hint="install triton, or use 'auto'; `diffma doctor` shows what imports")
         if not (u.is_cuda or _triton_interpreting()):
             raise EnvironmentProblem("the triton selective-scan backend needs CUDA tensors",
                                      hint="move the model to a GPU or use the 'torch' backend")
@@ -227,7 +228,8 @@ def resolve_backend(backend: str | None, u: torch.Tensor, grad: bool = False) ->
             raise EnvironmentProblem(
                 "the mamba_ssm selective-scan backend was requested but cannot be imported "
                 f"({_mamba_ssm_error})",
-                hint="install mamba-ssm built for this CUDA, or use the 'torch' backend",
+                hint="install mamba-ssm built for this torch and CUDA, or use the 'torch' backend; "
+                     "`diffma doctor` shows the import error and versions",
             )
         if not u.is_cuda:
             raise EnvironmentProblem("the mamba_ssm selective-scan backend needs CUDA tensors",

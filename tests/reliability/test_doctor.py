@@ -1,0 +1,110 @@
+"""`diffma doctor`: what it reports on this (CPU) machine, its JSON, the encoder look-up in a Hugging Face
+cache built by hand, and the fast-path errors that point to it."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from diffma_cli import doctor
+from diffma_cli.cli import app
+from diffma_cli.errors import EnvironmentProblem
+
+cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what doctor says without CUDA")
+
+
+def fake_hub_cache(root, hub_id: str, files: list[str]):
+    """A Hugging Face hub cache holding `files` of `hub_id` (the layout huggingface_hub writes:
+    models--owner--name/refs/main -> snapshots/<commit>/<file>)."""
+    repo = root / f"models--{hub_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    for name in files:
+        path = repo / "snapshots" / commit / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    return root
+
+
+@cpu_only
+def test_on_a_cpu_it_reports_no_cuda_and_the_torch_scan(tmp_path):
+    report = doctor.diagnose("demo", tmp_path)
+    assert report["torch"]["version"] == torch.__version__ and not report["torch"]["cuda_available"]
+    assert report["gpus"] == []
+    # The backend the models would use, asked of the same function they call.
+    assert report["scan_backends"] == {"cpu": {"training": "torch", "sampling": "torch"}}
+    assert report["encoders"]["vae"] == {"source": "tiny", "kind": "built in", "available": True}
+    assert report["disk"]["folder"] == str(tmp_path.resolve()) and report["disk"]["free_gib"] > 0
+    assert [p["what"].split(":")[0] for p in report["problems"]] == ["no CUDA GPU"]
+    assert all(problem["fix"] for problem in report["problems"])
+
+
+@cpu_only
+def test_the_command_prints_the_report_and_valid_json(tmp_path):
+    text = CliRunner().invoke(app, ["doctor", "--recipe", "demo", "--folder", str(tmp_path)])
+    assert text.exit_code == 0, text.output
+    assert "scan on cpu" in text.stdout and "training: torch, sampling: torch" in text.stdout
+    assert "GPUs" in text.stdout and "none" in text.stdout and "What to do:" in text.stdout
+    as_json = CliRunner().invoke(app, ["doctor", "--recipe", "demo", "--folder", str(tmp_path), "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    report = json.loads(as_json.stdout)
+    assert report["torch"]["cuda_available"] is False and report["packages"]["triton"]["used_for"]
+    assert set(report["packages"]) == {"mamba-ssm", "causal-conv1d", "triton"}
+
+
+def test_a_package_that_does_not_import_is_reported_with_its_error():
+    found = doctor._package("diffma_no_such_module", "diffma-no-such-module", "nothing")
+    assert found == {"importable": False, "version": None, "used_for": "nothing",
+                     "error": "ModuleNotFoundError: No module named 'diffma_no_such_module'"}
+
+
+def test_hub_weights_are_looked_up_in_the_local_cache_only(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from diffma_cli.models.clip import WEIGHTS_FILE
+
+    vae_id, clip_id = "stabilityai/sd-vae-ft-ema", "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    report = doctor.diagnose("brain", tmp_path)
+    assert not report["encoders"]["vae"]["available"] and report["encoders"]["hub_offline"]
+    problems = {p["what"].split(" weights")[0]: p for p in report["problems"]}
+    assert f"hf download {vae_id}" in problems["VAE"]["fix"]
+    assert f"hf download {clip_id}" in problems["BiomedCLIP"]["fix"]
+
+    cache = tmp_path / "cache"
+    fake_hub_cache(cache, vae_id, ["config.json", "diffusion_pytorch_model.safetensors"])
+    fake_hub_cache(cache, clip_id, [WEIGHTS_FILE])  # the config is missing: not usable offline
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    encoders = doctor.diagnose("brain", tmp_path)["encoders"]
+    assert encoders["vae"]["available"] and "local Hugging Face cache" in encoders["vae"]["detail"]
+    assert not encoders["clip"]["available"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # online: a missing file is a download on first use
+    encoders = doctor.diagnose("brain", tmp_path)["encoders"]
+    assert encoders["clip"]["available"]
+    assert "downloaded from the hub on first use" in encoders["clip"]["detail"]
+
+
+def test_local_encoder_paths_are_checked(tmp_path):
+    vae = tmp_path / "vae"
+    vae.mkdir()
+    recipe = tmp_path / "recipe.yaml"
+    from diffma_cli.config import apply_overrides, load_recipe, save_recipe
+
+    save_recipe(apply_overrides(load_recipe("demo"), {"encoders.vae": str(vae),
+                                                      "encoders.clip": str(tmp_path / "absent.bin")}), recipe)
+    encoders = doctor.diagnose(str(recipe), tmp_path)["encoders"]
+    assert encoders["vae"] == {"source": str(vae), "kind": "folder", "available": True,
+                               "detail": str(vae.resolve())}
+    assert not encoders["clip"]["available"] and "no such encoder" in encoders["clip"]["detail"]
+
+
+@pytest.mark.skipif(doctor._package("mamba_ssm", "mamba-ssm", "")["importable"],
+                    reason="mamba-ssm imports here")
+def test_a_fast_path_that_is_not_there_points_to_doctor():
+    from diffma_cli.models.ops.selective_scan import resolve_backend
+
+    with pytest.raises(EnvironmentProblem, match="diffma doctor"):
+        resolve_backend("mamba_ssm", torch.zeros(1, 1, 1))
