@@ -171,18 +171,31 @@ def plan_budget(args, out: Path, recipe, keys: list[str], embedder: Path) -> dic
 
 
 def probe_speed(args, out: Path, recipe, key: str, embedder: Path) -> float:
-    """Training images/s of one backbone over --probe-steps steps (start-up included, so an underestimate
-    that keeps the planned budget on the safe side)."""
+    """Training images/s of one backbone: a run of --probe-steps steps logged in three windows; the last
+    window's speed (the first holds start-up: data workers, kernel selection, compilation)."""
+    from diffma_cli.config import apply_overrides
     from diffma_cli.train.api import train_diffusion
-    from diffma_cli.train.run_folder import read_run_info
+    from diffma_cli.train.run_log import read_records
 
     folder = out / ".probe" / key
     say(f"{key}: probing training speed over {args.probe_steps} steps")
-    train_diffusion(args.data, folder, entry_recipe(recipe, key, args.probe_steps), embedder,
-                    device=args.device, overwrite=True, progress=not args.quiet)
-    speed = float(read_run_info(folder)["images_per_second"])
+    probe = apply_overrides(entry_recipe(recipe, key, args.probe_steps),
+                            {"training.log_every": max(1, args.probe_steps // 3)})
+    train_diffusion(args.data, folder, probe, embedder, device=args.device, overwrite=True,
+                    progress=not args.quiet)
+    speed = float(read_records(folder)[-1]["images_per_s"])
     shutil.rmtree(folder)
     return speed
+
+
+def warn_about_ema(recipe, steps: int) -> None:
+    """The EMA starts equal to the initial weights (as released); after `steps` steps they still weigh
+    decay**steps in it. The paper's 0.9999 suits its ~150 000 steps, not a short comparison."""
+    weight = recipe.training.ema_decay ** steps
+    if weight > 0.05:
+        say(f"WARNING: training.ema_decay={recipe.training.ema_decay} over {steps} steps leaves the initial "
+            f"weights {weight:.0%} of the EMA backbone that is evaluated; for short budgets set e.g. "
+            f"--set training.ema_decay={max(0.0, 1 - 3 / steps):.4g} (3/(1-d) <= steps)")
 
 
 # ---------------------------------------------------------------- stages
@@ -244,6 +257,7 @@ def convert_entry(args, folder: Path, run: Path, cases: list) -> None:
         return
     say(f"{folder.name}: converting {len(cases)} test volume(s)")
     models = load_models(run, args.device)
+    warm_up(args, models, cases[0])
     seconds = {}
     with atomic_dir(folder / PREDICTIONS, overwrite=True) as predictions:
         for case in cases:
@@ -259,6 +273,23 @@ def convert_entry(args, folder: Path, run: Path, cases: list) -> None:
         "parameters": parameters, "seconds_per_volume": seconds, "device": str(models.device),
         "sampler": args.sampler or models.recipe.sampling.sampler,
         "steps": args.sample_steps or models.recipe.sampling.steps}, overwrite=True)
+
+
+def warm_up(args, models, case) -> None:
+    """Convert one batch of body slices of `case` untimed, so that the first timed volume does not pay for
+    kernel selection and compilation (seconds per volume would otherwise depend on the case order)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from diffma_cli.convert import convert_volume
+    from diffma_cli.io.volumes import read_volume
+
+    ct, body = read_volume(case.ct), read_volume(case.mask)
+    z = np.flatnonzero(sitk.GetArrayFromImage(body).any(axis=(1, 2)))
+    count = min(len(z), models.recipe.sampling.batch_size)
+    start = int(z[len(z) // 2 - count // 2])
+    convert_volume(ct[:, :, start:start + count], models, body_mask=body[:, :, start:start + count],
+                   sampler=args.sampler, steps=args.sample_steps, progress=False, source=case.ct)
 
 
 def evaluate_entry(args, folder: Path) -> None:
@@ -432,6 +463,7 @@ def run(args) -> dict:
     say(f"{len(keys)} backbone(s), {len(cases)} test case(s) -> {out}")
     embedder = ensure_embedder(args, out, recipe)
     plan = plan_budget(args, out, recipe, keys, embedder)
+    warn_about_ema(recipe, plan["steps"])
     for number, key in enumerate(keys, 1):
         say(f"[{number}/{len(keys)}] {key}: {ENTRIES[key][0]}")
         folder = out / key
