@@ -222,9 +222,12 @@ def test_interpreted_gradients_match_float64_autograd(interpreted, options):
     check_gradients(interpreted, make_inputs(2, 40, 11, 5, torch.float32, options, seed=5), rtol=2e-6)
 
 
-def test_interpreted_gradients_with_other_tiles(interpreted):
+@pytest.mark.parametrize("tile", [{"block_d": 16, "chunk": 8, "subchunks": 1},
+                                  {"block_d": 32, "chunk": 2, "subchunks": 4}], ids=["8x1", "2x4"])
+def test_interpreted_gradients_with_other_tiles(interpreted, tile):
+    # L 21: a partial last checkpoint segment (of 8 steps each) and chunk
     args = make_inputs(1, 40, 21, 4, torch.float32, ALL_OPTIONS, seed=6)
-    check_gradients(interpreted, args, rtol=2e-6, block_d=16, chunk=8)
+    check_gradients(interpreted, args, rtol=2e-6, **tile)
 
 
 def test_interpreted_gradients_of_bfloat16_inputs(interpreted):

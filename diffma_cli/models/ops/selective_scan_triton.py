@@ -28,14 +28,19 @@ from diffma_cli.models.ops.selective_scan import TRITON_DTYPES, _check_shapes, n
 
 #: log2(e): the kernel evaluates exp(delta·A) as exp2(delta·A·log2 e), one special-function op.
 LOG2_E: tl.constexpr = tl.constexpr(1.4426950408889634)
+LN_2: tl.constexpr = tl.constexpr(0.6931471805599453)  # 1 / log2(e)
 #: Default tile: 32 lanes x 4 warps = 128 channels per program, 8 steps per chunk. Compiled for sm_90 with
 #: N = 16: chunk 4 -> 128 registers, 8 -> 168, 16 -> 255 and spills (the unrolled chunk keeps its tiles and
 #: its steps' B, C in registers). benchmarks/scan_kernels_gpu.py times the alternatives.
 DEFAULT_NUM_WARPS = 4
 DEFAULT_CHUNK = 8
-#: Chunk of the forward + backward pair used for training: the backward keeps a chunk's states, decays'
-#: inputs and partial gradients in registers, so it needs a shorter chunk than the forward alone.
+#: Chunk of the backward kernel: it keeps a chunk's states, inputs and partial gradients in registers, so it
+#: needs a shorter chunk than the forward (sm_90, N = 16: 255 registers and ~350 bytes of spills at 4).
 DEFAULT_CHUNK_BACKWARD = 4
+#: Backward chunks per checkpoint: the forward of a training call stores the state every
+#: DEFAULT_CHUNK_BACKWARD x DEFAULT_SUBCHUNKS = 8 steps (float32 (batch, L/8, N, Di)), and the backward
+#: re-advances from it to the later chunk of each pair (half the checkpoint memory of 1, ~1/8 more work).
+DEFAULT_SUBCHUNKS = 2
 
 
 @triton.jit
@@ -159,12 +164,15 @@ def _scan_backward_kernel(
     stride_z_b, stride_z_d, stride_z_l,
     stride_dout_b, stride_dout_d, stride_dout_l,
     STATE: tl.constexpr, STATE_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    SUBCHUNKS: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
 ):
     """Gradients of one (sequence, channel block), walking the chunks from last to first.
 
-    Per chunk: reload the tiles, recompute the chunk's states from its checkpoint (kept in registers as a
-    (CHUNK, N, BLOCK_D) tile), then run the adjoint recurrence backwards through the chunk's steps:
+    The checkpoints are the states before every SUBCHUNKS·CHUNK steps (the forward ran with that chunk).
+    Per chunk: reload the tiles; from the checkpoint, advance the state through the earlier chunks of its
+    segment (states only), then recompute the chunk's states (kept in registers as a (CHUNK, N, BLOCK_D)
+    tile); then run the adjoint recurrence backwards through the chunk's steps:
         dh_t = exp(delta_{t+1}·A)·dh_{t+1} + dy_t·C_t
         dC_t += Σ_d dy_t·h_t        dB_t += Σ_d dh_t·delta_t·u_t        dA += Σ_t dh_t·h_{t-1}·a_t·delta_t
         d delta_t = Σ_N dh_t·(h_{t-1}·a_t·A + B_t·u_t)            du_t = Σ_N dh_t·B_t·delta_t + D·dy'_t
@@ -182,11 +190,12 @@ def _scan_backward_kernel(
     state_channel_ok = (state_ok[:, None] & channel_ok[None, :])[None, :, :]
     checkpoint_offsets = (states[:, None] * dim + channels[None, :])[None, :, :]  # (1, STATE_BLOCK, BLOCK_D)
     chunks = tl.cdiv(length, CHUNK)
-    checkpoint_base = checkpoint_ptr + seq * chunks * STATE * dim
+    SEGMENT: tl.constexpr = CHUNK * SUBCHUNKS
+    checkpoint_base = checkpoint_ptr + seq * tl.cdiv(length, SEGMENT) * STATE * dim
 
     a_offsets = states[:, None] * stride_A_n + channels[None, :] * stride_A_d
     A = tl.load(A_ptr + a_offsets, mask=state_ok[:, None] & channel_ok[None, :], other=0.0).to(tl.float32)
-    A = A[None, :, :]  # (1, STATE_BLOCK, BLOCK_D), natural units (exp2 takes A·log2 e)
+    A = (A * LOG2_E)[None, :, :]  # (1, STATE_BLOCK, BLOCK_D), A·log2 e for exp2 (one copy: registers)
     if HAS_D:
         D = tl.load(D_ptr + channels, mask=channel_ok, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -221,9 +230,29 @@ def _scan_backward_kernel(
         du3 = (delta * u)[:, None, :]
         u3 = u[:, None, :]
 
-        # Recompute the chunk's states h_t (CHUNK, N, BLOCK_D) and, for dz, its read-out y_t.
-        h_start = tl.load(checkpoint_base + (start // CHUNK) * STATE * dim + checkpoint_offsets,
+        # The state before the chunk: its segment's checkpoint, advanced through the segment's earlier chunks
+        # (all complete: they precede this one).
+        h_start = tl.load(checkpoint_base + (start // SEGMENT) * STATE * dim + checkpoint_offsets,
                           mask=state_channel_ok, other=0.0)
+        for prior in range((start // SEGMENT) * SEGMENT, start, CHUNK):
+            t_prior = (prior + steps)[:, None]
+            prior_ok = (t_prior < length) & channel_ok[None, :]
+            u_prior = tl.load(u_base + t_prior * stride_u_l, mask=prior_ok, other=0.0).to(tl.float32)
+            delta_prior = tl.load(delta_base + t_prior * stride_delta_l, mask=prior_ok, other=0.0)
+            delta_prior = delta_prior.to(tl.float32)
+            if HAS_BIAS:
+                delta_prior = delta_prior + bias[None, :]
+            if SOFTPLUS:
+                delta_prior = _softplus(delta_prior)
+            delta_prior3 = delta_prior[:, None, :]
+            du_prior3 = (delta_prior * u_prior)[:, None, :]
+            for step in tl.static_range(CHUNK):
+                pick = (steps == step)[:, None, None]
+                B_t = tl.load(B_base + (prior + step) * STATE, mask=state_ok, other=0.0)[None, :, None]
+                h_start = tl.fma(tl.exp2(_pick(delta_prior3, pick) * A), h_start,
+                                 _pick(du_prior3, pick) * B_t)
+
+        # Recompute the chunk's states h_t (CHUNK, N, BLOCK_D) and, for dz, its read-out y_t.
         h = h_start
         h_all = tl.zeros([CHUNK, STATE_BLOCK, BLOCK_D], dtype=tl.float32)
         y3 = tl.zeros([CHUNK, 1, BLOCK_D], dtype=tl.float32)
@@ -231,7 +260,7 @@ def _scan_backward_kernel(
             pick = (steps == step)[:, None, None]
             t_ok = state_ok & (start + step < length)
             B_t = tl.load(B_base + (start + step) * STATE, mask=t_ok, other=0.0)[None, :, None]
-            h = tl.fma(tl.exp2(_pick(delta3, pick) * (A * LOG2_E)), h, _pick(du3, pick) * B_t)
+            h = tl.fma(tl.exp2(_pick(delta3, pick) * A), h, _pick(du3, pick) * B_t)
             h_all = tl.where(pick, h, h_all)
             if HAS_Z:
                 C_t = tl.load(C_base + (start + step) * STATE, mask=t_ok, other=0.0)[None, :, None]
@@ -275,11 +304,11 @@ def _scan_backward_kernel(
                      tl.sum(tl.sum(dy_t * h_t, axis=2), axis=0), mask=t_ok)
             tl.store(dB_ptr + dBC_base + (start + step) * STATE,
                      tl.sum(tl.sum(dh * _pick(du3, pick), axis=2), axis=0), mask=t_ok)
-            decay = tl.exp2(delta_t * (A * LOG2_E))
+            decay = tl.exp2(delta_t * A)
             dlog_decay = dh * h_prev * decay  # dL/d(delta_t·A)
             dA += dlog_decay * delta_t
             dbu = tl.sum(dh * B_t, axis=1, keep_dims=True)  # (1, 1, BLOCK_D)
-            ddelta_t = tl.sum(dlog_decay * A, axis=1, keep_dims=True) + dbu * _pick(u3, pick)
+            ddelta_t = tl.sum(dlog_decay * A, axis=1, keep_dims=True) * LN_2 + dbu * _pick(u3, pick)
             ddelta3 = tl.where(pick, ddelta_t, ddelta3)
             dbu3 = tl.where(pick, dbu, dbu3)
             dh = dh * decay
@@ -307,7 +336,7 @@ def default_config(dim: int, chunk: int = DEFAULT_CHUNK) -> dict:
     num_warps = DEFAULT_NUM_WARPS
     while num_warps > 1 and 32 * num_warps > triton.next_power_of_2(dim):
         num_warps //= 2
-    return {"block_d": 32 * num_warps, "chunk": chunk, "num_warps": num_warps}
+    return {"block_d": 32 * num_warps, "chunk": chunk, "num_warps": num_warps, "subchunks": DEFAULT_SUBCHUNKS}
 
 
 def _tile(dim: int, tile: dict | None, chunk: int) -> dict:
@@ -357,13 +386,14 @@ def _launch_forward(u, delta, A, B_tm, C_tm, D, z, delta_bias, delta_softplus, t
 
 
 class _SelectiveScanFunction(torch.autograd.Function):
-    """Forward kernel with checkpoints (the state before every chunk, float32 (batch, chunks, N, Di)),
-    backward kernel from them; the backward's cross-sequence and cross-block sums are finished here."""
+    """Forward kernel with checkpoints (the state before every chunk x subchunks steps, float32 (batch,
+    segments, N, Di)), backward kernel from them; its cross-sequence and cross-block sums finish here."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, tile):
         B_tm, C_tm = _token_major(B), _token_major(C)
-        out, checkpoints = _launch_forward(u, delta, A, B_tm, C_tm, D, z, delta_bias, delta_softplus, tile,
+        segment = {**tile, "chunk": tile["chunk"] * tile["subchunks"]}  # forward chunk = checkpoint interval
+        out, checkpoints = _launch_forward(u, delta, A, B_tm, C_tm, D, z, delta_bias, delta_softplus, segment,
                                            checkpoint=True)
         ctx.save_for_backward(u, delta, A, B_tm, C_tm, D, z, delta_bias, checkpoints)
         ctx.options = (bool(delta_softplus), tile, B.dtype, C.dtype)
@@ -393,8 +423,8 @@ class _SelectiveScanFunction(torch.autograd.Function):
             dim, length,
             *u.stride(), *delta.stride(), *A.stride(), *zz.stride(), *dout.stride(),
             STATE=state, STATE_BLOCK=triton.next_power_of_2(state), BLOCK_D=tile["block_d"],
-            CHUNK=tile["chunk"], HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=softplus, num_warps=tile["num_warps"],
+            CHUNK=tile["chunk"], SUBCHUNKS=tile["subchunks"], HAS_D=D is not None, HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, num_warps=tile["num_warps"],
         )
         dB = dB.sum(1).transpose(1, 2).to(B_dtype)  # (batch, N, L)
         dC = dC.sum(1).transpose(1, 2).to(C_dtype)
@@ -416,7 +446,8 @@ def selective_scan_triton(
     delta_bias (Di,)); any strides. When autograd records the call, the forward kernel also writes its
     checkpoints and the backward kernel runs on backward (chunk DEFAULT_CHUNK_BACKWARD); else the forward
     kernel runs alone (chunk DEFAULT_CHUNK). `tile` overrides `default_config`: "block_d" (channels per
-    program, 32 x num_warps for one channel a thread), "chunk" (steps, a power of two), "num_warps".
+    program, 32 x num_warps for one channel a thread), "chunk" (steps, a power of two), "num_warps",
+    "subchunks" (backward chunks per checkpoint, a power of two; the forward then runs chunk x subchunks).
     """
     _check_inputs(u, delta, A, B, C, z)
     tensors = (u, delta, A, B, C, D, z, delta_bias)
