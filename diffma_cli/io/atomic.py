@@ -27,8 +27,12 @@ def check_output(path: str | Path, overwrite: bool) -> Path:
     existing = parent
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError("cannot write here: the folder is not writable", path=path)
+    if not existing.is_dir():
+        raise OutputError(f"cannot write here: {existing} is a file, not a folder", path=path,
+                          hint="choose another output path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write here: the folder {existing} is not writable", path=path,
+                          hint="choose another output path or fix the folder's permissions")
     return path
 
 

@@ -299,6 +299,9 @@ def _refuse_other_formats(path: Path) -> None:
     if tarfile.is_tarfile(path):
         raise InputError("is in the legacy tar checkpoint format of PyTorch < 0.4, which diffma does not "
                          "read", path=path)
+    if head.startswith(b"PK\x03\x04"):  # a zip's first entry, but no readable end: the archive was cut short
+        raise InputError("is a damaged checkpoint: its zip archive is cut short or corrupt", path=path,
+                         hint="the file may be truncated: download or copy it again")
     raise InputError("is not a PyTorch checkpoint (expected a .pt zip archive written by torch.save)",
                      path=path)
 

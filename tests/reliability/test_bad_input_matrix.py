@@ -73,12 +73,13 @@ def blocker(world: World, out: Path) -> None:
     (out / "blocker").write_text("a file where a folder would have to be\n")
 
 
+UNDER_A_FILE = ("blocker", "is a file, not a folder")  # the words of every "output folder not writable" line
 CASES = [
     # ------------------------------------------------------------------ synth
     Bad("synth", "output exists", lambda w, o: ["synth", o / "synth", "--cases", 1, "--size", "small"], 3,
         ("synth", "already exists", "--overwrite"), setup=existing("synth")),
     Bad("synth", "output folder not writable", lambda w, o: ["synth", o / "blocker" / "synth", "--cases", 1],
-        3, ("blocker", "not writable"), setup=blocker),
+        3, UNDER_A_FILE, setup=blocker),
     Bad("synth", "--cases 0", lambda w, o: ["synth", o / "synth", "--cases", 0], 2,
         ("--cases", "equal to 1")),
     Bad("synth", "--workers 0", lambda w, o: ["synth", o / "synth", "--workers", 0], 2, ("--workers",)),
@@ -90,7 +91,7 @@ CASES = [
                              ("not HU", ("ct.nii.gz", "Hounsfield"))]],
     Bad("prepare", "output folder not writable",
         lambda w, o: ["prepare", w.trees["good"], "-o", o / "blocker" / "data"], 3,
-        ("blocker", "not writable"), setup=blocker),
+        UNDER_A_FILE, setup=blocker),
     Bad("prepare", "--mr-percentiles out of range",
         lambda w, o: ["prepare", w.trees["good"], "-o", o / "data", "--mr-percentiles", "0.5,150"], 2,
         ("--mr-percentiles", "0..100")),
@@ -102,7 +103,7 @@ CASES = [
     Bad("train-vae", "output exists", lambda w, o: ["train-vae", w.data, "-o", o / "vae", *VAE], 3,
         ("vae", "already exists", "--overwrite"), setup=existing("vae")),
     Bad("train-vae", "output folder not writable",
-        lambda w, o: ["train-vae", w.data, "-o", o / "blocker" / "vae", *VAE], 3, ("blocker", "not writable"),
+        lambda w, o: ["train-vae", w.data, "-o", o / "blocker" / "vae", *VAE], 3, UNDER_A_FILE,
         setup=blocker),
     Bad("train-vae", "--steps 0", lambda w, o: ["train-vae", w.data, "-o", o / "vae", *VAE, "--steps", 0], 2,
         ("--steps", "equal to 1")),
@@ -121,7 +122,7 @@ CASES = [
         setup=existing("emb")),
     Bad("train-embedder", "output folder not writable",
         lambda w, o: ["train-embedder", w.data, "-o", o / "blocker" / "emb", *EMBED], 3,
-        ("blocker", "not writable"), setup=blocker),
+        UNDER_A_FILE, setup=blocker),
     Bad("train-embedder", "--epochs 0",
         lambda w, o: ["train-embedder", w.data, "-o", o / "emb", *EMBED, "--epochs", 0], 2, ("--epochs",)),
     Bad("train-embedder", "batch larger than the data set",
@@ -144,7 +145,7 @@ CASES = [
         2, ("--batch-size",)),
     Bad("train", "embedder weights truncated",
         lambda w, o: ["train", w.data, "-o", o / "run", "--embedder", w.weights["truncated safetensors"],
-                      *TRAIN], 2, ("truncated.safetensors", "truncated")),
+                      *TRAIN], 2, ("truncated.safetensors", "damaged or truncated")),
     Bad("train", "embedder of another model size",
         lambda w, o: ["train", w.data, "-o", o / "run", "--embedder", w.weights["other model size"], *TRAIN],
         2, ("wide-embedder.safetensors", "width 64", "does not fit")),
@@ -153,7 +154,7 @@ CASES = [
         2, ("notes.pt",)),
     Bad("train", "output folder not writable",
         lambda w, o: ["train", w.data, "-o", o / "blocker" / "run", "--embedder", w.embedder, *TRAIN], 3,
-        ("blocker", "not writable"), setup=blocker),
+        UNDER_A_FILE, setup=blocker),
     Bad("train", "CUDA where there is none",
         lambda w, o: ["train", w.data, "-o", o / "run", "--embedder", w.embedder, *TRAIN, "--device", "cuda"],
         4, ("CUDA", "diffma doctor"), needs_no_cuda=True),
@@ -161,7 +162,7 @@ CASES = [
     *[Bad("convert", problem, lambda w, o, p=problem: ["convert", w.volumes[p], "-o", o / "mr.nii.gz",
                                                        "--model", w.run, "--device", "cpu"], 2, words)
       for problem, words in [("missing", ("absent.nii.gz", "no such file")),
-                             ("truncated", ("truncated.nii.gz", "truncated")),
+                             ("truncated", ("truncated.nii.gz", "is damaged")),
                              ("2-D", ("slice.nii.gz", "2-D")), ("4-D", ("series4d.nii.gz", "4-D")),
                              ("NaN", ("nan.nii.gz", "NaN")), ("Inf", ("inf.nii.gz", "infinite"))]],
     Bad("convert", "empty body mask",
@@ -172,7 +173,7 @@ CASES = [
                       "--body-mask", w.volumes["other geometry"]], 2, ("body mask", "grid")),
     Bad("convert", "output folder not writable",
         lambda w, o: ["convert", w.ct, "-o", o / "blocker" / "mr.nii.gz", "--model", w.run, "--device",
-                      "cpu"], 3, ("blocker", "not writable"), setup=blocker),
+                      "cpu"], 3, UNDER_A_FILE, setup=blocker),
     *[Bad("convert", f"{option} {value}",
           lambda w, o, a=(option, value): ["convert", w.ct, "-o", o / "mr.nii.gz", "--model", w.run,
                                            "--device", "cpu", *a], 2, (option.removeprefix("--"),))
@@ -183,7 +184,7 @@ CASES = [
                       "cpu"], 2, ("unfinished", "--resume")),
     Bad("convert", "run weights truncated",
         lambda w, o: ["convert", w.ct, "-o", o / "mr.nii.gz", "--model", w.runs["truncated weights"],
-                      "--device", "cpu"], 2, ("backbone.safetensors", "truncated")),
+                      "--device", "cpu"], 2, ("backbone.safetensors", "damaged or truncated")),
     Bad("convert", "run weights of another model size",
         lambda w, o: ["convert", w.ct, "-o", o / "mr.nii.gz", "--model", w.runs["other model size"],
                       "--device", "cpu"], 2, ("backbone.safetensors", "width 64", "does not fit")),
@@ -191,7 +192,7 @@ CASES = [
     *[Bad("eval", problem, lambda w, o, p=problem: ["eval", w.volumes[p], "--target", w.mr, "--mask", w.mask,
                                                     "-o", o / "metrics.json"], 2, words)
       for problem, words in [("text named .nii.gz", ("notes.nii.gz", "cannot read")),
-                             ("truncated", ("truncated.nii.gz", "truncated")),
+                             ("truncated", ("truncated.nii.gz", "is damaged")),
                              ("2-D", ("slice.nii.gz", "size 26x20 differs")),
                              ("4-D", ("series4d.nii.gz", "size 26x20x7x2 differs")),
                              ("NaN", ("nan.nii.gz", "NaN"))]],
@@ -200,10 +201,10 @@ CASES = [
                       o / "metrics.json"], 2, ("empty_mask.nii.gz", "empty")),
     Bad("eval", "output folder not writable",
         lambda w, o: ["eval", w.mr, "--target", w.mr, "--mask", w.mask, "-o", o / "blocker" / "metrics.json"],
-        3, ("blocker", "not writable"), setup=blocker),
+        3, UNDER_A_FILE, setup=blocker),
     Bad("eval", "report folder not writable",
         lambda w, o: ["eval", w.mr, "--target", w.mr, "--mask", w.mask, "--report", o / "blocker" / "report"],
-        3, ("blocker", "not writable"), setup=blocker),
+        3, UNDER_A_FILE, setup=blocker),
     # ------------------------------------------------------------------ import-weights
     Bad("import-weights", "missing path",
         lambda w, o: ["import-weights", w.root / "absent.pt", "-o", o / "e.safetensors"], 2,
@@ -213,7 +214,7 @@ CASES = [
         ("notes.pt",)),
     Bad("import-weights", "truncated .pt",
         lambda w, o: ["import-weights", w.weights["truncated .pt"], "-o", o / "e.safetensors"], 2,
-        ("truncated.pt", "truncated")),
+        ("truncated.pt", "cut short", "may be truncated")),
     Bad("import-weights", "released .pt with unexpected keys",
         lambda w, o: ["import-weights", w.weights["released .pt with unexpected keys"], "-o",
                       o / "e.safetensors"], 2, ("unexpected_keys.pt", "extra_head.weight")),
@@ -222,18 +223,18 @@ CASES = [
         ("brain_patch_size_2.pt",)),
     Bad("import-weights", "output folder not writable",
         lambda w, o: ["import-weights", RELEASED_EMBEDDER, "-o", o / "blocker" / "e.safetensors"], 3,
-        ("blocker", "not writable"), setup=blocker),
+        UNDER_A_FILE, setup=blocker),
     # ------------------------------------------------------------------ info
     Bad("info", "missing path", lambda w, o: ["info", w.root / "absent.safetensors"], 2,
         ("absent.safetensors", "no such file")),
     Bad("info", "truncated .pt", lambda w, o: ["info", w.weights["truncated .pt"]], 2,
-        ("truncated.pt", "truncated")),
+        ("truncated.pt", "cut short", "may be truncated")),
     Bad("info", "text file named .pt", lambda w, o: ["info", w.weights["text named .pt"]], 2, ("notes.pt",)),
     # ------------------------------------------------------------------ demo
     Bad("demo", "output exists", lambda w, o: ["demo", "-o", o / "demo"], 3, ("demo", "already exists"),
         setup=existing("demo")),
     Bad("demo", "output folder not writable", lambda w, o: ["demo", "-o", o / "blocker" / "demo"], 3,
-        ("blocker", "not writable"), setup=blocker),
+        UNDER_A_FILE, setup=blocker),
     Bad("demo", "--cases 2", lambda w, o: ["demo", "-o", o / "demo", "--cases", 2], 2, ("--cases",)),
     Bad("demo", "CUDA where there is none", lambda w, o: ["demo", "-o", o / "demo", "--device", "cuda"], 4,
         ("CUDA", "diffma doctor"), needs_no_cuda=True),
@@ -320,3 +321,23 @@ def test_cases_covered_elsewhere_still_exist():
         tree = ast.parse((TESTS / file).read_text())
         names = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
         assert function in names, where
+
+
+def test_debug_shows_the_traceback_of_a_known_error(world: World, tmp_path):
+    args = ["convert", world.volumes["NaN"], "-o", tmp_path / "mr.nii.gz", "--model", world.run, "--device",
+            "cpu"]
+    plain = CliRunner().invoke(app, [str(arg) for arg in args])
+    debug = CliRunner().invoke(app, ["--debug", *[str(arg) for arg in args]])
+    assert plain.exit_code == debug.exit_code == 2
+    assert "Traceback" not in plain.stderr and "Traceback" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip().splitlines()[-1]
+
+
+def test_a_folder_without_write_permission_is_named(tmp_path, monkeypatch):
+    """The permission branch of check_output (root, as here, writes anywhere: permissions are faked)."""
+    from diffma_cli.errors import OutputError
+    from diffma_cli.io import atomic
+
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode: False)
+    with pytest.raises(OutputError, match=f"the folder {tmp_path} is not writable"):
+        atomic.check_output(tmp_path / "new" / "out.nii.gz", overwrite=False)
