@@ -34,9 +34,10 @@ from diffma_cli.models.ops import selective_scan as ops
 
 SHAPES = "96x1024x196x16,192x1024x196x16,24x1024x1024x16"
 BACKENDS = ("triton", "mamba_ssm", "torch")
-#: Triton tile options tried by the sweep: (chunk, num_warps); block_d = 32 x num_warps (a channel a thread).
-SWEEP_FORWARD = [(4, 4), (8, 4), (16, 4), (8, 2), (8, 1), (8, 8), (4, 2)]
-SWEEP_BACKWARD = [(4, 4), (4, 2), (4, 1), (2, 4), (8, 4), (8, 1)]
+#: Triton tiles tried by the sweep: (chunk, num_warps, subchunks); block_d = 32 x num_warps (a channel a
+#: thread); subchunks: backward chunks per checkpoint (fwd+bwd only; its forward runs chunk x subchunks).
+SWEEP_FORWARD = [(4, 4, 1), (8, 4, 1), (16, 4, 1), (8, 2, 1), (8, 1, 1), (8, 8, 1), (4, 2, 1)]
+SWEEP_BACKWARD = [(4, 4, 2), (4, 4, 1), (4, 2, 2), (4, 1, 2), (2, 4, 4), (8, 4, 1), (4, 4, 4)]
 #: A call slower than this (ms) is timed with fewer repeats (the PyTorch scan at 1024 steps).
 SLOW_MS = 50.0
 #: Where inputs live (a smoke test of this script on a CPU sets "cpu" together with TRITON_INTERPRET=1).
@@ -144,8 +145,8 @@ def run_sweep(args, grad_out, ref, opts) -> list[dict]:
     for name, tiles, row in (("fwd", SWEEP_FORWARD, forward_row), ("fwd+bwd", SWEEP_BACKWARD, None)):
         if row is None and opts.no_backward:
             continue
-        for chunk, warps in tiles:
-            tile = {"chunk": chunk, "num_warps": warps, "block_d": 32 * warps}
+        for chunk, warps, subchunks in tiles:
+            tile = {"chunk": chunk, "num_warps": warps, "block_d": 32 * warps, "subchunks": subchunks}
             entry = {"pass": name, **tile}
             try:
                 if row is forward_row:
@@ -163,8 +164,8 @@ def run_sweep(args, grad_out, ref, opts) -> list[dict]:
 def triton_defaults() -> str:
     from diffma_cli.models.ops import selective_scan_triton as kernels
 
-    return (f"forward chunk {kernels.DEFAULT_CHUNK}, fwd+bwd chunk {kernels.DEFAULT_CHUNK_BACKWARD}, "
-            f"{kernels.DEFAULT_NUM_WARPS} warps x 32 channels")
+    return (f"forward chunk {kernels.DEFAULT_CHUNK}, fwd+bwd chunk {kernels.DEFAULT_CHUNK_BACKWARD} x "
+            f"{kernels.DEFAULT_SUBCHUNKS} subchunks, {kernels.DEFAULT_NUM_WARPS} warps x 32 channels")
 
 
 def cell(value, digits=3):
@@ -239,13 +240,15 @@ def main(argv=None) -> int:
     if sweep:
         print(f"\nTriton tile sweep ({sweep[0]['shape']}, {sweep[0]['dtype']}); "
               f"defaults: {triton_defaults()}\n")
-        print("| pass | chunk | num_warps | block_d | ms | rel err | note |")
-        print("|---|---|---|---|---|---|---|")
+        print("| pass | chunk | num_warps | block_d | subchunks | ms | rel err | peak MiB | note |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for entry in sweep:
             ms = entry.get("fwd_ms", entry.get("fwdbwd_ms"))
             err = entry.get("max_rel_err", entry.get("grad_rel_err"))
+            subchunks = entry["subchunks"] if entry["pass"] == "fwd+bwd" else "-"
             print(f"| {entry['pass']} | {entry['chunk']} | {entry['num_warps']} | {entry['block_d']} | "
-                  f"{cell(ms)} | {cell(err)} | {entry.get('error', '')} |")
+                  f"{subchunks} | {cell(ms)} | {cell(err)} | {cell(entry.get('fwdbwd_peak_mib'), 0)} | "
+                  f"{entry.get('error', '')} |")
     if opts.json:
         with open(opts.json, "w") as handle:
             json.dump({"card": card, "rows": rows, "sweep": sweep}, handle, indent=1)
