@@ -190,7 +190,7 @@ def _scan_backward_kernel(
     state_channel_ok = (state_ok[:, None] & channel_ok[None, :])[None, :, :]
     checkpoint_offsets = (states[:, None] * dim + channels[None, :])[None, :, :]  # (1, STATE_BLOCK, BLOCK_D)
     chunks = tl.cdiv(length, CHUNK)
-    SEGMENT: tl.constexpr = CHUNK * SUBCHUNKS
+    SEGMENT = CHUNK * SUBCHUNKS  # steps per checkpoint (a constexpr product)
     checkpoint_base = checkpoint_ptr + seq * tl.cdiv(length, SEGMENT) * STATE * dim
 
     a_offsets = states[:, None] * stride_A_n + channels[None, :] * stride_A_d
