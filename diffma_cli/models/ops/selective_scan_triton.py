@@ -411,12 +411,14 @@ class _SelectiveScanFunction(torch.autograd.Function):
         ddelta = torch.empty_like(delta, memory_format=contiguous)
         dz = torch.empty_like(z, memory_format=contiguous) if z is not None else None
         f32 = {"dtype": torch.float32, "device": u.device}
-        dA = torch.empty(batch, dim, state, **f32)
+        dA = torch.zeros(batch, dim, state, **f32)  # zeros: also right when L = 0 launches nothing
         dB = torch.empty(batch, blocks, length, state, **f32)
         dC = torch.empty(batch, blocks, length, state, **f32)
-        dD = torch.empty(batch, dim, **f32) if D is not None else None
-        dbias = torch.empty(batch, dim, **f32) if delta_bias is not None else None
+        dD = torch.zeros(batch, dim, **f32) if D is not None else None
+        dbias = torch.zeros(batch, dim, **f32) if delta_bias is not None else None
         zz = _optional(z, u)
+        if u.numel() == 0:
+            return _reduce_gradients(du, ddelta, dA, dB, dC, dD, dz, dbias, ctx, B_dtype, C_dtype)
         _scan_backward_kernel[(batch, blocks)](
             u, delta, A, B_tm, C_tm, _optional(D, u), zz, _optional(delta_bias, u), dout, checkpoints,
             du, ddelta, _optional(dz, du), dA, dB, dC, _optional(dD, dA), _optional(dbias, dA),
@@ -426,12 +428,19 @@ class _SelectiveScanFunction(torch.autograd.Function):
             CHUNK=tile["chunk"], SUBCHUNKS=tile["subchunks"], HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, num_warps=tile["num_warps"],
         )
-        dB = dB.sum(1).transpose(1, 2).to(B_dtype)  # (batch, N, L)
-        dC = dC.sum(1).transpose(1, 2).to(C_dtype)
-        dA = dA.sum(0).to(A.dtype)
-        dD = dD.sum(0).to(D.dtype) if D is not None else None
-        dbias = dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
-        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None
+        return _reduce_gradients(du, ddelta, dA, dB, dC, dD, dz, dbias, ctx, B_dtype, C_dtype)
+
+
+def _reduce_gradients(du, ddelta, dA, dB, dC, dD, dz, dbias, ctx, B_dtype, C_dtype):
+    """Finish the backward kernel's partial sums (over sequences; over channel blocks for dB, dC) and cast
+    each gradient to its input's dtype; in the order of `_SelectiveScanFunction.forward`'s arguments."""
+    A, D, delta_bias = ctx.saved_tensors[2], ctx.saved_tensors[5], ctx.saved_tensors[7]
+    dB = dB.sum(1).transpose(1, 2).to(B_dtype)  # (batch, N, L)
+    dC = dC.sum(1).transpose(1, 2).to(C_dtype)
+    dA = dA.sum(0).to(A.dtype)
+    dD = dD.sum(0).to(D.dtype) if D is not None else None
+    dbias = dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
+    return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None
 
 
 # Kept out of torch.compile graphs (a graph break, as mamba-ssm's CUDA op is): the kernels launch as they
