@@ -64,6 +64,14 @@ def _pick(tile3, pick):
 
 
 @triton.jit
+def _group_sums(x, GROUPS: tl.constexpr):
+    """(1, N, BLOCK_D) -> (N, GROUPS): sums over each group of BLOCK_D / GROUPS consecutive channels. With
+    one group per warp these are lane reductions only (no shared memory, no barrier); the caller adds the
+    groups."""
+    return tl.sum(tl.reshape(x, (x.shape[1], GROUPS, x.shape[2] // GROUPS)), axis=2)
+
+
+@triton.jit
 def _scan_forward_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, checkpoint_ptr,
     dim, length,
@@ -164,7 +172,7 @@ def _scan_backward_kernel(
     stride_z_b, stride_z_d, stride_z_l,
     stride_dout_b, stride_dout_d, stride_dout_l,
     STATE: tl.constexpr, STATE_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
-    SUBCHUNKS: tl.constexpr,
+    SUBCHUNKS: tl.constexpr, GROUPS: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
 ):
     """Gradients of one (sequence, channel block), walking the chunks from last to first.
@@ -178,7 +186,7 @@ def _scan_backward_kernel(
         d delta_t = Σ_N dh_t·(h_{t-1}·a_t·A + B_t·u_t)            du_t = Σ_N dh_t·B_t·delta_t + D·dy'_t
     B, C are float32 (batch, L, N) as in the forward. Outputs: du, d delta, dz (batch, Di, L) contiguous in
     their inputs' dtypes; float32 partial sums, reduced by the caller: dA (batch, Di, N), dB, dC
-    (batch, channel blocks, L, N), dD, d delta_bias (batch, Di).
+    (batch, channel groups of 32, L, N), dD, d delta_bias (batch, Di).
     """
     seq = tl.program_id(0).to(tl.int64)
     block = tl.program_id(1)
@@ -208,7 +216,10 @@ def _scan_backward_kernel(
     grad_offsets = seq * dim * length + channels[None, :] * length  # du, d delta, dz: contiguous
     B_base = B_ptr + seq * length * STATE + states
     C_base = C_ptr + seq * length * STATE + states
-    dBC_base = (seq * tl.num_programs(1) + block) * length * STATE + states  # dB, dC partials
+    # dB, dC partials per group of BLOCK_D / GROUPS channels (a warp): summed over lanes only, no barrier.
+    groups = tl.arange(0, GROUPS)
+    dBC_base = (((seq * tl.num_programs(1) + block) * GROUPS + groups[None, :]) * length * STATE
+                + states[:, None])  # (STATE_BLOCK, GROUPS)
 
     dh = tl.zeros([1, STATE_BLOCK, BLOCK_D], dtype=tl.float32)  # dL/dh_t, carried backwards
     dA = tl.zeros([1, STATE_BLOCK, BLOCK_D], dtype=tl.float32)
@@ -300,10 +311,9 @@ def _scan_backward_kernel(
             else:
                 h_prev = _pick(h_all, (steps == step - 1)[:, None, None])
             dh = tl.fma(dy_t, C_t, dh)
-            tl.store(dC_ptr + dBC_base + (start + step) * STATE,
-                     tl.sum(tl.sum(dy_t * h_t, axis=2), axis=0), mask=t_ok)
-            tl.store(dB_ptr + dBC_base + (start + step) * STATE,
-                     tl.sum(tl.sum(dh * _pick(du3, pick), axis=2), axis=0), mask=t_ok)
+            dBC_at = dBC_base + (start + step) * STATE
+            tl.store(dC_ptr + dBC_at, _group_sums(dy_t * h_t, GROUPS), mask=t_ok[:, None])
+            tl.store(dB_ptr + dBC_at, _group_sums(dh * _pick(du3, pick), GROUPS), mask=t_ok[:, None])
             decay = tl.exp2(delta_t * A)
             dlog_decay = dh * h_prev * decay  # dL/d(delta_t·A)
             dA += dlog_decay * delta_t
@@ -406,14 +416,15 @@ class _SelectiveScanFunction(torch.autograd.Function):
         batch, dim, length = u.shape
         state = A.shape[1]
         blocks = triton.cdiv(dim, tile["block_d"])
+        groups = max(1, tile["block_d"] // 32)  # dB, dC partials per warp-sized channel group
         contiguous = torch.contiguous_format
         du = torch.empty_like(u, memory_format=contiguous)
         ddelta = torch.empty_like(delta, memory_format=contiguous)
         dz = torch.empty_like(z, memory_format=contiguous) if z is not None else None
         f32 = {"dtype": torch.float32, "device": u.device}
         dA = torch.zeros(batch, dim, state, **f32)  # zeros: also right when L = 0 launches nothing
-        dB = torch.empty(batch, blocks, length, state, **f32)
-        dC = torch.empty(batch, blocks, length, state, **f32)
+        dB = torch.empty(batch, blocks * groups, length, state, **f32)
+        dC = torch.empty_like(dB)
         dD = torch.zeros(batch, dim, **f32) if D is not None else None
         dbias = torch.zeros(batch, dim, **f32) if delta_bias is not None else None
         zz = _optional(z, u)
@@ -425,14 +436,15 @@ class _SelectiveScanFunction(torch.autograd.Function):
             dim, length,
             *u.stride(), *delta.stride(), *A.stride(), *zz.stride(), *dout.stride(),
             STATE=state, STATE_BLOCK=triton.next_power_of_2(state), BLOCK_D=tile["block_d"],
-            CHUNK=tile["chunk"], SUBCHUNKS=tile["subchunks"], HAS_D=D is not None, HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, num_warps=tile["num_warps"],
+            CHUNK=tile["chunk"], SUBCHUNKS=tile["subchunks"], GROUPS=groups, HAS_D=D is not None,
+            HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+            num_warps=tile["num_warps"],
         )
         return _reduce_gradients(du, ddelta, dA, dB, dC, dD, dz, dbias, ctx, B_dtype, C_dtype)
 
 
 def _reduce_gradients(du, ddelta, dA, dB, dC, dD, dz, dbias, ctx, B_dtype, C_dtype):
-    """Finish the backward kernel's partial sums (over sequences; over channel blocks for dB, dC) and cast
+    """Finish the backward kernel's partial sums (over sequences; over channel groups for dB, dC) and cast
     each gradient to its input's dtype; in the order of `_SelectiveScanFunction.forward`'s arguments."""
     A, D, delta_bias = ctx.saved_tensors[2], ctx.saved_tensors[5], ctx.saved_tensors[7]
     dB = dB.sum(1).transpose(1, 2).to(B_dtype)  # (batch, N, L)
