@@ -321,5 +321,34 @@ def test_auto_picks_triton_on_cuda():
     assert ops.resolve_backend(None, args["u"].double()) != "triton"  # float64 stays on the other backends
 
 
+@pytest.mark.gpu
+def test_diffma_b2_with_triton_scan_agrees_with_torch_scan_on_cuda():
+    # The whole model, forward and backward, as benchmarks/gpu_agreement.py compares mamba_ssm (same bounds
+    # as tests/gpu/test_fast_path.py).
+    import importlib.util
+    from pathlib import Path
+
+    from diffma_cli.models import create_model
+
+    path = Path(__file__).parents[2] / "benchmarks" / "gpu_agreement.py"
+    spec = importlib.util.spec_from_file_location("gpu_agreement_triton", path)
+    agreement = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agreement)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    model = create_model("DiffMa-B/2")
+    agreement.randomise(model)
+    model = model.cuda()
+    batch, tokens = 2, (model.config["input_size"] // model.config["patch_size"]) ** 2
+    inputs = (torch.randn(batch, 4, 28, 28, device="cuda"), torch.randint(0, 1000, (batch,), device="cuda"),
+              torch.randn(batch, 512, device="cuda"), torch.randn(batch, tokens, 512, device="cuda"),
+              torch.rand(batch, tokens, 1, device="cuda"))
+    for bf16, (out_bound, grad_bound) in ((False, (1e-4, 1e-3)), (True, (3e-2, 5e-2))):
+        out, grads = agreement.forward_backward(model, inputs, "triton", bf16)
+        out_ref, grads_ref = agreement.forward_backward(model, inputs, "torch", bf16)
+        assert agreement.relative_error(out, out_ref) < out_bound
+        assert agreement.relative_error(grads, grads_ref) < grad_bound
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
     _worker()
