@@ -139,13 +139,15 @@ def _problems(report: dict[str, Any]) -> list[dict[str, str]]:
                "(nvidia-smi) and CUDA_VISIBLE_DEVICES")
         problems.append({"what": "no CUDA GPU: training and convert run on the CPU (slow; fine for the demo)",
                          "fix": fix})
-    else:
-        for _, distribution, used_for in FAST_PACKAGES[:2]:
-            package = packages[distribution]
-            if not package["importable"]:
-                problems.append({"what": f"{distribution} does not import ({package['error']}): no "
-                                         f"{used_for}; training uses the slower torch scan",
-                                 "fix": INSTALL_FAST_PATH})
+    else:  # a GPU whose scan falls back to the PyTorch loop is many times slower than the kernels
+        slow = [f"{device} ({use})" for device, uses in report["scan_backends"].items() if device != "cpu"
+                for use, backend in uses.items() if backend == "torch"]
+        if slow:
+            why = "; ".join(f"{name}: {package['error']}" for name, package in packages.items()
+                            if not package["importable"])
+            problems.append({"what": f"the slow PyTorch selective scan will run on {', '.join(slow)}"
+                                     + (f" ({why})" if why else ""),
+                             "fix": INSTALL_FAST_PATH})
     for what, label in (("vae", "VAE"), ("clip", "BiomedCLIP")):
         encoder = report["encoders"][what]
         if not encoder["available"]:

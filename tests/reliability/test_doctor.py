@@ -60,6 +60,26 @@ def test_a_package_that_does_not_import_is_reported_with_its_error():
                      "error": "ModuleNotFoundError: No module named 'diffma_no_such_module'"}
 
 
+def test_a_gpu_that_falls_back_to_the_torch_scan_is_a_problem_with_the_import_error():
+    """The GPU branch of the advice, from a report as doctor builds it on a GPU machine without mamba-ssm."""
+    missing = {"importable": False, "version": None, "used_for": "x",
+               "error": "ImportError: libcudart.so.12: cannot open shared object file"}
+    report = {"torch": {"cuda_available": True, "cuda_build": "12.8"},
+              "packages": {"mamba-ssm": missing, "causal-conv1d": missing,
+                           "triton": {"importable": True, "version": "3.6.0", "used_for": "x"}},
+              "scan_backends": {"cpu": {"training": "torch", "sampling": "torch"},
+                                "cuda:0": {"training": "torch", "sampling": "triton"}},
+              "encoders": {"recipe": "demo", "vae": {"available": True}, "clip": {"available": True}},
+              "disk": {"folder": "/data", "free_gib": 500.0}}
+    (problem,) = doctor._problems(report)
+    assert "cuda:0 (training)" in problem["what"] and "cuda:0 (sampling)" not in problem["what"]
+    assert "mamba-ssm: ImportError: libcudart.so.12" in problem["what"] and "mamba-ssm" in problem["fix"]
+    report["scan_backends"]["cuda:0"]["training"] = "mamba_ssm"  # the kernels run: nothing to fix
+    report["disk"]["free_gib"] = 2.0
+    (problem,) = doctor._problems(report)
+    assert problem["what"] == "only 2.0 GiB free in /data"
+
+
 def test_hub_weights_are_looked_up_in_the_local_cache_only(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
