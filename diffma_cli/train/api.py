@@ -21,7 +21,7 @@ from diffma_cli.config import Recipe, TrainingConfig, apply_overrides, save_reci
 from diffma_cli.errors import InputError
 from diffma_cli.train import run_folder
 from diffma_cli.train.distributed import Processes, barrier, from_main, processes
-from diffma_cli.train.loop import FitResult, fit
+from diffma_cli.train.loop import FitResult, batch_sizes, fit
 
 
 def file_sha256(path: Path) -> str:
@@ -82,6 +82,7 @@ def _train(kind: str, run_dir: str | Path, recipe: Recipe, settings: TrainingCon
         # The same initial weights on every process (DDP would also broadcast rank 0's).
         torch.manual_seed(settings.seed)
         task = build(where)
+        batch_sizes(settings, where, len(task.dataset))  # a batch larger than the data fails here, not in fit
         barrier(where)  # every process has checked and built before rank 0 deletes an old run
         if where.is_main and not resume:
             run_folder.prepare_run_folder(run_dir, overwrite=overwrite, resume=resume)

@@ -78,7 +78,7 @@ def _to_device(batch, device: torch.device):
     return batch
 
 
-def _batch_sizes(settings: TrainingConfig, where: Processes, dataset_size: int) -> tuple[int, int]:
+def batch_sizes(settings: TrainingConfig, where: Processes, dataset_size: int) -> tuple[int, int]:
     """(micro-batch size per process, optimiser steps per epoch), or InputError when they do not fit."""
     per_step = where.world_size * settings.grad_accumulation
     if settings.global_batch_size % per_step:
@@ -105,7 +105,7 @@ def fit(task: Task, settings: TrainingConfig, run_dir: str | Path, where: Proces
     if where.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     device = where.device
-    micro_batch, steps_per_epoch = _batch_sizes(settings, where, len(task.dataset))
+    micro_batch, steps_per_epoch = batch_sizes(settings, where, len(task.dataset))
     total_steps = settings.steps if settings.steps > 0 else settings.epochs * steps_per_epoch
 
     model = task.model.to(device)
