@@ -1,4 +1,4 @@
-"""A Triton selective-scan forward kernel for short sequences (DiffMa's L = 196 ... 1024 tokens).
+"""Triton selective-scan kernels (forward, backward) for short sequences (DiffMa's L = 196 ... 1024).
 
 Same semantics as `selective_scan_ref` (see `selective_scan.py`); computes in float32 whatever the input
 dtype and returns u's dtype, like mamba-ssm. Importing this module imports triton, so only
@@ -15,7 +15,8 @@ outputs are written as one tile. The per-step work is written on 3-d (steps, sta
 because Triton's default layout for those gives lanes and warps to the channels (last axis) and leaves
 steps and states inside each thread, so picking a step and summing over states need no cross-lane traffic
 (checked in the compiled code for sm_90: no shuffles, ~5 FP32 instructions and one exp2 per state and
-step, 168 registers at the default tile; see docs/architecture.md "Triton scan kernel").
+step, 168 registers at the default tile; see docs/architecture.md "Triton scan kernel"). The backward
+(`_SelectiveScanFunction`) recomputes each chunk's states from checkpoints the training forward stores.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ LN_2: tl.constexpr = tl.constexpr(0.6931471805599453)  # 1 / log2(e)
 DEFAULT_NUM_WARPS = 4
 DEFAULT_CHUNK = 8
 #: Chunk of the backward kernel: it keeps a chunk's states, inputs and partial gradients in registers, so it
-#: needs a shorter chunk than the forward (sm_90, N = 16: 255 registers and ~350 bytes of spills at 4).
+#: needs a shorter chunk than the forward (sm_90, N = 16: 255 registers and ~600 bytes of spills at 4).
 DEFAULT_CHUNK_BACKWARD = 4
 #: Backward chunks per checkpoint: the forward of a training call stores the state every
 #: DEFAULT_CHUNK_BACKWARD x DEFAULT_SUBCHUNKS = 8 steps (float32 (batch, L/8, N, Di)), and the backward
