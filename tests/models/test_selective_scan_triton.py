@@ -313,8 +313,11 @@ def test_compiled_gradients_match_float64_autograd_on_cuda(shape, dtype):
 
 
 @pytest.mark.gpu
-def test_auto_picks_triton_on_cuda():
+def test_auto_picks_triton_on_cuda_only_when_enabled(monkeypatch):
     args = make_inputs(2, 64, 16, 16, torch.float32, ALL_OPTIONS, device="cuda")
+    monkeypatch.setattr(ops, "TRITON_IN_AUTO", False)
+    assert ops.resolve_backend(None, args["u"], grad=False) != "triton"
+    monkeypatch.setattr(ops, "TRITON_IN_AUTO", True)
     assert ops.resolve_backend(None, args["u"], grad=False) == "triton"
     training = ops.resolve_backend(None, args["u"], grad=True)
     assert (training == "triton") == ops.TRITON_FOR_TRAINING

@@ -14,8 +14,9 @@ Backends:
   backward; imported lazily, CUDA tensors (or CPU tensors under TRITON_INTERPRET=1, for tests).
 - ``"torch"``: `selective_scan_blocked`, our faster PyTorch implementation (any device).
 - ``"reference"``: `selective_scan_ref`, a plain step loop, the readable definition used by tests.
-- ``"auto"`` (default): on CUDA, triton when the dtype is float32/bfloat16/float16, triton imports and
-  either no gradient is needed or TRITON_FOR_TRAINING is on; else mamba_ssm when it imports; else torch.
+- ``"auto"`` (default): on CUDA, mamba_ssm when it imports, else torch; on other devices torch. With
+  TRITON_IN_AUTO on, triton comes first on CUDA (float32/bfloat16/float16 inputs, triton importable, and
+  either no gradient needed or TRITON_FOR_TRAINING on).
 
 Force one with the `backend=` argument or, for a whole model, the `scan_backend(name)` context manager.
 Computation is in float32 (float64 when u is float64), like mamba-ssm, whatever the input dtype.
@@ -36,6 +37,11 @@ from diffma_cli.errors import EnvironmentProblem
 BACKENDS = ("auto", "mamba_ssm", "triton", "torch", "reference")
 #: Input dtypes the Triton kernel reads (it computes in float32); float64 stays on the other backends.
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: Whether "auto" may pick the Triton kernels at all. Off: as of 2026-11-27 they are checked in Triton's CPU
+#: interpreter and compiled for sm_90 offline, but not yet run or timed on a GPU (docs/architecture.md);
+#: force them with backend="triton" / scan_backend("triton") until `pytest -m gpu` and
+#: benchmarks/scan_kernels_gpu.py have passed on a card.
+TRITON_IN_AUTO = False
 #: Whether "auto" also trains with the Triton kernels (else mamba_ssm's backward when a gradient is needed).
 TRITON_FOR_TRAINING = True
 
@@ -209,7 +215,8 @@ def resolve_backend(backend: str | None, u: torch.Tensor, grad: bool = False) ->
     if name == "auto":
         if not u.is_cuda:
             return "torch"
-        if (TRITON_FOR_TRAINING or not grad) and u.dtype in TRITON_DTYPES and triton_scan_fn() is not None:
+        if (TRITON_IN_AUTO and (TRITON_FOR_TRAINING or not grad) and u.dtype in TRITON_DTYPES
+                and triton_scan_fn() is not None):
             return "triton"
         return "mamba_ssm" if mamba_ssm_scan_fn() is not None else "torch"
     if name == "triton":
