@@ -4,7 +4,7 @@ nothing half-written."""
 import numpy as np
 import SimpleITK as sitk
 import torch
-from conftest import DIRECTION, ORIGIN, SHAPE, SPACING, ct_array, write
+from convert_cases import DIRECTION, ORIGIN, SHAPE, SPACING, ct_array, write
 from typer.testing import CliRunner
 
 from diffma_cli.cli import app
@@ -143,7 +143,7 @@ def test_help_lists_convert():
 
 
 def test_mr_to_ct_run_writes_hu_with_a_body_found_in_the_mr(tmp_path, mr_to_ct_run):
-    from conftest import BODY_SLICES, body_of
+    from convert_cases import BODY_SLICES, body_of
 
     body = body_of()
     mr = np.where(body, 400.0 + 20 * np.cos(np.arange(SHAPE[2]) / 2.0), 3.0).astype(np.float32)

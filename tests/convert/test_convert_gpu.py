@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import BODY_SLICES, as_image, ct_array
+from convert_cases import BODY_SLICES, as_image, ct_array
 
 from diffma_cli.convert import StageClock, convert_volume, load_models
 

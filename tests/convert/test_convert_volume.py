@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from conftest import BODY_SLICES, SHAPE, as_image, body_of, ct_array
+from convert_cases import BODY_SLICES, SHAPE, as_image, body_of, ct_array
 from scipy.ndimage import gaussian_filter1d
 from torch import nn
 
@@ -170,7 +170,7 @@ def test_input_problems_are_input_errors(models):
 def test_encoders_other_than_the_trained_ones_are_refused(tmp_path):
     import json
 
-    from conftest import tiny_run
+    from convert_cases import tiny_run
 
     from diffma_cli.convert import load_models
     from diffma_cli.train.run_folder import RUN_INFO
