@@ -254,14 +254,14 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     """Read a built-in recipe by name (`brain`, `pelvis`, `demo`) or a YAML file."""
     name = str(name_or_path)
     if name in BUILTIN_RECIPES:
-        text = resources.files("diffma_cli").joinpath("recipes", f"{name}.yaml").read_text()
+        text = resources.files("diffma_cli").joinpath("recipes", f"{name}.yaml").read_text(encoding="utf-8")
         source = f"recipe {name}"
     else:
         path = Path(name)
         if not path.is_file():
             raise InputError("no such recipe file", path=path,
                              hint=f"give a YAML file or one of: {', '.join(BUILTIN_RECIPES)}")
-        text, source = path.read_text(), str(path)
+        text, source = path.read_text(encoding="utf-8"), str(path)
     try:
         return recipe_from_dict(_read_yaml(text, source))
     except InputError as error:
@@ -279,7 +279,7 @@ def save_recipe(recipe: Recipe, path: str | Path) -> None:
     from diffma_cli.io.atomic import atomic_file
 
     with atomic_file(path, overwrite=True) as temporary:
-        temporary.write_text(recipe_yaml(recipe))
+        temporary.write_text(recipe_yaml(recipe), encoding="utf-8")
 
 
 # ---------------------------------------------------------------- command-line overrides

@@ -126,7 +126,7 @@ def describe_run(folder: Path) -> dict[str, Any]:
                              "UNFINISHED: training stopped before its last step; continue it with --resume")
     if (folder / RECIPE).is_file():
         try:
-            summary["recipe"] = yaml.safe_load((folder / RECIPE).read_text())
+            summary["recipe"] = yaml.safe_load((folder / RECIPE).read_text(encoding="utf-8"))
         except yaml.YAMLError as error:
             raise InputError(f"unreadable recipe ({error})", path=folder / RECIPE) from None
     summary["weights"] = [describe_safetensors(path) for path in sorted(folder.rglob("*.safetensors"))

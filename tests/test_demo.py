@@ -18,13 +18,13 @@ def test_demo_runs_every_stage_and_reports_the_evaluated_metrics(tmp_path):
     run = load_run(out / "run")
     assert run.recipe.model.name == "DiffMa-S/4"
     # One synthetic MR volume per test case, scored by eval, with a report that links existing images.
-    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    manifest = json.loads((out / "data" / "manifest.json").read_text(encoding="utf-8"))
     test_cases = manifest["splits"]["test"]
     written = sorted(p.name for p in (out / "predictions").iterdir())
     assert written == sorted(f"{case}.nii.gz" for case in test_cases)
-    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    metrics = json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))
     assert [case["case"] for case in metrics["cases"]] == sorted(test_cases)
-    index = (out / "eval" / "report" / "index.html").read_text()
+    index = (out / "eval" / "report" / "index.html").read_text(encoding="utf-8")
     images = re.findall(r'src="([^"]+)"', index)
     assert images and all((out / "eval" / "report" / image).is_file() for image in images)
     # The numbers printed at the end are those of metrics.json.

@@ -40,7 +40,7 @@ def load_manifest(data_dir: str | Path) -> dict:
     if not path.is_file():
         raise InputError("is not a prepared data folder (no manifest.json)", path=data_dir, hint=hint)
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"is not valid JSON ({error})", path=path, hint="run diffma prepare again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:

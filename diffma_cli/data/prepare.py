@@ -202,5 +202,5 @@ def prepare(src: str | Path, out: str | Path, options: PrepareOptions | None = N
                         for case_id, problem in sorted(problems.items())],
             "unassigned": unassigned,
         }
-        (temporary / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        (temporary / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return manifest

@@ -71,7 +71,7 @@ def read_split_file(path: str | Path, case_ids) -> tuple[dict[str, list[str]], l
     """An explicit split from JSON; returns (splits, ids found but not listed)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError("no such split file", path=path) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

@@ -99,7 +99,8 @@ def write_synthetic_tree(out: str | Path, anatomies: tuple[str, ...], cases: int
         for anatomy, table in rows.items():
             table.sort(key=lambda row: row["id"])
             if table:
-                with open(task / anatomy / "overview" / f"1_{anatomy}_overview.csv", "w", newline="") as file:
+                overview = task / anatomy / "overview" / f"1_{anatomy}_overview.csv"
+                with open(overview, "w", newline="", encoding="utf-8") as file:
                     writer = csv.DictWriter(file, fieldnames=list(table[0]))
                     writer.writeheader()
                     writer.writerows(table)

@@ -81,9 +81,11 @@ def write_results(results: dict, json_path: str | Path, *, overwrite: bool = Fal
     json_path, table_path = Path(json_path), csv_path_for(json_path)
     check_result_outputs(json_path, overwrite)
     with atomic_file(json_path, overwrite=overwrite) as temporary:
-        temporary.write_text(json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n")
+        temporary.write_text(json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n",
+            encoding="utf-8")
     columns = ["case", *metric_keys(results["cases"]), "prediction", "reference", "mask"]
-    with atomic_file(table_path, overwrite=overwrite) as temporary, temporary.open("w", newline="") as stream:
+    with atomic_file(table_path, overwrite=overwrite) as temporary, \
+            temporary.open("w", newline="", encoding="utf-8") as stream:
         writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(results["cases"])

@@ -137,7 +137,7 @@ def _read_config(folder: Path) -> tuple[dict, tuple, tuple]:
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
         return dict(BIOMEDCLIP_VISION), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    config = json.loads(config_path.read_text())
+    config = json.loads(config_path.read_text(encoding="utf-8"))
     model_cfg, preprocess = config.get("model_cfg", {}), config.get("preprocess_cfg", {})
     vision_cfg = model_cfg.get("vision_cfg", {})
     vision = {

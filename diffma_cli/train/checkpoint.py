@@ -54,7 +54,7 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, ema: torch.nn.Module,
         save_file(state_dict_for_file(model), str(temporary / "model.safetensors"))
         save_file(state_dict_for_file(ema), str(temporary / "ema.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "rng": rng}, temporary / "optimizer.pt")
-        (temporary / "state.json").write_text(json.dumps(asdict(state), indent=1))
+        (temporary / "state.json").write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
     return path
 
 
@@ -75,7 +75,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, ema: torch.nn.Module,
         model.load_state_dict(load_file(str(path / "model.safetensors")))
         ema.load_state_dict(load_file(str(path / "ema.safetensors")))
         saved = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-        state = TrainState(**json.loads((path / "state.json").read_text()))
+        state = TrainState(**json.loads((path / "state.json").read_text(encoding="utf-8")))
     except (OSError, RuntimeError, ValueError, TypeError, KeyError) as error:
         raise InputError(f"cannot resume from this checkpoint: {error}", path=path,
                          hint="delete this checkpoint folder to resume from an earlier one, "

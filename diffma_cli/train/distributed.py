@@ -76,9 +76,15 @@ def processes(device: str = "auto") -> Iterator[Processes]:
         started_here = True
     try:
         yield Processes(rank=rank, world_size=world_size, local_rank=local_rank, device=resolved)
-    finally:
+    except BaseException:
         if started_here:
             dist.destroy_process_group()
+        raise
+    if started_here:
+        # Leave together: a rank that tears its group down while rank 0 is still exporting can make gloo
+        # abort the other process (seen as a rare SIGABRT of rank 1 at the end of a 2-process CPU run).
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def barrier(where: Processes) -> None:

@@ -64,13 +64,14 @@ def prepare_run_folder(path: str | Path, *, overwrite: bool, resume: bool, creat
 
 def write_json(path: Path, values: dict) -> None:
     with atomic_file(path, overwrite=True) as temporary:
-        temporary.write_text(json.dumps(values, indent=1, sort_keys=True, default=str) + "\n")
+        temporary.write_text(json.dumps(values, indent=1, sort_keys=True, default=str) + "\n",
+            encoding="utf-8")
 
 
 def read_run_info(path: str | Path) -> dict:
     path = Path(path)
     try:
-        return json.loads((path / RUN_INFO).read_text())
+        return json.loads((path / RUN_INFO).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError("is not a diffma run folder (no run.json)", path=path,
                          hint="give the folder written by `diffma train`") from None

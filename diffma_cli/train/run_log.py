@@ -11,7 +11,7 @@ LOG = "log.jsonl"
 
 
 def append_record(run_dir: Path, record: dict) -> None:
-    with open(Path(run_dir) / LOG, "a") as log:
+    with open(Path(run_dir) / LOG, "a", encoding="utf-8") as log:
         log.write(json.dumps(record) + "\n")
         log.flush()
 
@@ -20,7 +20,7 @@ def read_records(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / LOG
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def drop_records_after(run_dir: Path, step: int) -> None:
@@ -29,7 +29,7 @@ def drop_records_after(run_dir: Path, step: int) -> None:
     path = Path(run_dir) / LOG
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines()
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step]
     with atomic_file(path, overwrite=True) as temporary:
-        temporary.write_text("".join(line + "\n" for line in kept))
+        temporary.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
