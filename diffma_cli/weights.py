@@ -15,7 +15,6 @@ which network they hold from their keys and shapes (`io/released_checkpoint.py`)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -27,6 +26,7 @@ from torch import nn
 from diffma_cli import __version__
 from diffma_cli.errors import InputError
 from diffma_cli.io.atomic import atomic_file, check_output
+from diffma_cli.io.hashing import file_sha256
 from diffma_cli.io.released_checkpoint import ReleasedCheckpoint, recognise
 from diffma_cli.io.torch_checkpoint import load_tensors
 
@@ -236,14 +236,6 @@ def _load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path
 
 def _few(keys: list[str], shown: int = 3) -> str:
     return ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def import_released(source: str | Path, destination: str | Path, *, ema: bool = True,

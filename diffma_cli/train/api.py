@@ -7,7 +7,6 @@ from rank 0 and returns the run folder's path. The same functions are what the C
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import shutil
 import sys
@@ -19,17 +18,10 @@ import torch
 from diffma_cli import __version__
 from diffma_cli.config import Recipe, TrainingConfig, apply_overrides, save_recipe
 from diffma_cli.errors import InputError
+from diffma_cli.io.hashing import file_sha256
 from diffma_cli.train import run_folder
 from diffma_cli.train.distributed import Processes, barrier, from_main, processes
 from diffma_cli.train.loop import FitResult, batch_sizes, fit
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def data_reference(data_dir: Path) -> dict:
