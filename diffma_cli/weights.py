@@ -125,10 +125,15 @@ def is_safetensors(path: Path) -> bool:
     """Sniff the content: safetensors starts with an 8-byte header length and a JSON object."""
     with open(path, "rb") as handle:
         head = handle.read(9)
-    if head[:2] == b"PK" or head[:1] == b"\x80":  # a torch zip archive or a legacy torch pickle
+    if head[:2] == b"PK":  # a torch zip archive
         return False
-    if len(head) == 9 and head[8:9] == b"{":
+    # The header length is any 8-byte little-endian number: its first byte may well be 0x80 (a header of
+    # 6528 bytes is), so test for safetensors before taking 0x80 for a legacy pickle's protocol opcode.
+    header_length = int.from_bytes(head[:8], "little")
+    if len(head) == 9 and head[8:9] == b"{" and 8 + header_length <= path.stat().st_size:
         return True
+    if head[:1] == b"\x80":  # a legacy torch pickle
+        return False
     raise InputError("is neither a diffma .safetensors weights file nor a PyTorch .pt checkpoint", path=path)
 
 
