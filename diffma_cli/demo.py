@@ -3,7 +3,7 @@
 synth (small brain phantoms) -> prepare (split by patient) -> train-vae (tiny) -> train-embedder ->
 train (a tiny DiffMa) -> convert the test cases -> eval (both protocols, report). Every stage is the same
 library call the corresponding command makes; the recipe is `recipes/demo.yaml`. The numbers it prints are
-those of a tiny model trained for a few dozen steps on synthetic data: a check that everything runs, not a
+those of a tiny model trained for a few hundred steps on synthetic data: a check that everything runs, not a
 measure of what DiffMa can do.
 """
 

@@ -25,7 +25,7 @@ def demo(
     convert -> eval, in a few minutes on a CPU, offline.
 
     It leaves a SynthRAD-shaped tree, prepared data, a run folder that `diffma convert --model` accepts,
-    synthetic MR volumes and an HTML report. The models are tiny and trained for a few dozen steps, so the
+    synthetic MR volumes and an HTML report. The models are tiny and trained for a few hundred steps, so the
     metrics only show that everything works, not what DiffMa can do.
 
     Example:  diffma demo -o diffma-demo
@@ -39,7 +39,7 @@ def demo(
     typer.echo(f"  synthetic MR volumes: {result.predictions}")
     typer.echo(f"  metrics: {result.metrics} (and .csv beside it)")
     typer.echo(f"  report: {result.report}  (open it in a browser)")
-    typer.echo("\nTest-split metrics (MR on the normalised [-1, 1] scale; a tiny model after a few dozen "
+    typer.echo("\nTest-split metrics (MR on the normalised [-1, 1] scale; a tiny model after a few hundred "
                "steps on synthetic data, so expect poor numbers):")
     for key, label, unit in SHOWN:
         entry = result.summary.get(key)
