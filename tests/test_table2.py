@@ -31,17 +31,6 @@ def table2():
     return load_script()
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: one thread beats two threads fighting the other test processes; restored after."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_tree(tmp_path_factory):
     """Four small synthetic brain cases: 1 train, 1 val, 2 test (two, so that a std exists)."""

@@ -1,18 +1,7 @@
-"""Fixtures for the training tests: one tiny prepared data set per session, one torch thread per test."""
+"""Fixtures for the training tests: one tiny prepared data set per session (one torch thread per test
+comes from tests/conftest.py)."""
 
 import pytest
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The tiny models here run faster on one thread, and much faster than two threads fighting the
-    other test processes for the machine's cores; the previous setting is restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
