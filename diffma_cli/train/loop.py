@@ -146,10 +146,14 @@ def fit(task: Task, settings: TrainingConfig, run_dir: str | Path, where: Proces
     bar = tqdm(total=total_steps, initial=state.step, desc=description, unit="step", dynamic_ncols=True,
                disable=not (progress and where.is_main))
     last_saved = state.step if resume else -1
+    # One loader for the whole run: its workers live across epochs (starting them again at every epoch cost
+    # seconds per epoch on small data sets). The sampler is read in this process at each iter(), so
+    # set_epoch below still decides the order of every epoch.
+    loader = DataLoader(indexed, batch_size=micro_batch, sampler=sampler, drop_last=True,
+                        num_workers=settings.num_workers, persistent_workers=settings.num_workers > 0,
+                        pin_memory=device.type == "cuda")
     while state.step < total_steps:
         sampler.set_epoch(state.epoch, start=state.batch_in_epoch * settings.grad_accumulation * micro_batch)
-        loader = DataLoader(indexed, batch_size=micro_batch, sampler=sampler, drop_last=True,
-                            num_workers=settings.num_workers, pin_memory=device.type == "cuda")
         micro_batches = iter(loader)
         while state.batch_in_epoch < steps_per_epoch and state.step < total_steps:
             optimizer.zero_grad(set_to_none=True)
