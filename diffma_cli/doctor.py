@@ -4,7 +4,8 @@ It reports Python, torch and CUDA versions, the GPUs, whether the optional fast 
 causal-conv1d, triton) import (with the error if not), which selective-scan backend each device will use
 for training and for sampling (`models.ops.selective_scan.resolve_backend`, the function the models call),
 whether a recipe's frozen encoders (VAE, BiomedCLIP) are reachable without a download, and the free disk.
-Nothing is downloaded and no model is built: hub weights are looked up in the local Hugging Face cache only.
+Nothing is downloaded and no model is built: hub weights are looked up in the local Hugging Face cache only,
+and, unless the hub is off, one TCP connection to the hub's host tells whether a download could work.
 
 `diagnose()` returns a JSON-able dict; every problem found is listed under "problems" with what to do.
 """
@@ -22,6 +23,9 @@ from typing import Any
 # Free disk below which doctor warns: a prepared SynthRAD anatomy (~180 cases of 224² float16 slices) plus
 # its latent cache and a few checkpoints take several GiB.
 LOW_DISK_GIB = 10.0
+# Seconds to wait for the hub's host to accept a connection. Hospital and cluster machines often have no route
+# out at all; a connection that neither opens nor fails (a silent firewall) must not hang doctor.
+HUB_PROBE_SECONDS = 3.0
 
 # The optional packages of the GPU fast path: import name, distribution name, what uses it.
 FAST_PACKAGES = [
@@ -89,7 +93,29 @@ def _hub_file(hub_id: str, names: str | tuple[str, ...]) -> str | None:
     return None
 
 
-def _encoder(what: str, source: str, files: tuple, offline: bool) -> dict[str, Any]:
+def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> tuple[bool, str]:
+    """Whether a TCP connection to the hub's host (HF_ENDPOINT, default huggingface.co) opens: (ok, host).
+
+    Only the connection is tried (no request is sent): a machine without a route out is told so here
+    instead of by a download that fails mid-training. Proxies set in the environment are not followed.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    endpoint = urlsplit(constants.ENDPOINT)
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, f"{host}:{port}"
+    except OSError:
+        return False, f"{host}:{port}"
+
+
+def _encoder(what: str, source: str, files: tuple, offline: bool, reachable: tuple[bool, str] | None
+             ) -> dict[str, Any]:
     """Where encoder weights `source` would come from and whether they are there without a download."""
     from diffma_cli.errors import InputError
     from diffma_cli.models.encoder_source import TINY, source_kind
@@ -112,8 +138,14 @@ def _encoder(what: str, source: str, files: tuple, offline: bool) -> dict[str, A
                 "detail": "not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE)",
                 "fix": f"on a machine with internet run `hf download {source} --local-dir DIR`, copy DIR "
                        f"here and pass it instead of the hub id (docs/encoders.md)"}
+    if reachable is not None and not reachable[0]:
+        return {"source": source, "kind": "hub", "available": False,
+                "detail": f"not in the local Hugging Face cache and the hub ({reachable[1]}) cannot be reached",
+                "fix": f"on a machine with internet run `hf download {source} --local-dir DIR`, copy DIR "
+                       f"here and pass it instead of the hub id, or set HF_HUB_OFFLINE=1 and use local "
+                       f"encoders (docs/encoders.md)"}
     return {"source": source, "kind": "hub", "available": True,
-            "detail": "not cached yet: downloaded from the hub on first use (the hub is online)"}
+            "detail": "not cached yet: downloaded from the hub on first use (the hub is reachable)"}
 
 
 def _encoders(recipe_name: str) -> dict[str, Any]:
@@ -123,9 +155,13 @@ def _encoders(recipe_name: str) -> dict[str, Any]:
 
     recipe = load_recipe(recipe_name)
     offline = offline_requested(True if recipe.encoders.offline else None)
+    reachable = None if offline else hub_reachable()
     return {"recipe": recipe_name, "hub_offline": offline,
-            "vae": _encoder("VAE", recipe.encoders.vae, VAE_FILES, offline),
-            "clip": _encoder("BiomedCLIP", recipe.encoders.clip, (WEIGHTS_FILE, CONFIG_FILE), offline)}
+            "hub_reachable": None if reachable is None else reachable[0],
+            "hub_host": None if reachable is None else reachable[1],
+            "vae": _encoder("VAE", recipe.encoders.vae, VAE_FILES, offline, reachable),
+            "clip": _encoder("BiomedCLIP", recipe.encoders.clip, (WEIGHTS_FILE, CONFIG_FILE), offline,
+                             reachable)}
 
 
 def _problems(report: dict[str, Any]) -> list[dict[str, str]]:
@@ -213,7 +249,11 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         detail = f": {encoder['detail']}" if encoder.get("detail") else ""
         rows.append((f"{label} ({encoders['recipe']})",
                      f"{encoder['source']} [{encoder['kind']}] {state}{detail}"))
-    rows.append(("hub", "offline (HF_HUB_OFFLINE or the recipe)" if encoders["hub_offline"] else "online"))
+    if encoders["hub_offline"]:
+        hub = "offline (HF_HUB_OFFLINE or the recipe)"
+    else:
+        hub = f"online; {encoders['hub_host']} " + ("reachable" if encoders["hub_reachable"] else "NOT reachable")
+    rows.append(("hub", hub))
     rows.append(("disk", f"{report['disk']['free_gib']} GiB free in {report['disk']['folder']}"))
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]

@@ -101,10 +101,33 @@ def test_hub_weights_are_looked_up_in_the_local_cache_only(tmp_path, monkeypatch
     encoders = doctor.diagnose("brain", tmp_path)["encoders"]
     assert encoders["vae"]["available"] and "local Hugging Face cache" in encoders["vae"]["detail"]
     assert not encoders["clip"]["available"]
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # online: a missing file is a download on first use
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # online: a missing file is a download on first use ...
+    monkeypatch.setattr(doctor, "hub_reachable", lambda: (True, "huggingface.co:443"))
     encoders = doctor.diagnose("brain", tmp_path)["encoders"]
     assert encoders["clip"]["available"]
     assert "downloaded from the hub on first use" in encoders["clip"]["detail"]
+    # ... if the hub can be reached: a GPU node without a route out must not be told "ok"
+    monkeypatch.setattr(doctor, "hub_reachable", lambda: (False, "huggingface.co:443"))
+    report = doctor.diagnose("brain", tmp_path)
+    assert not report["encoders"]["clip"]["available"] and report["encoders"]["vae"]["available"]
+    assert "cannot be reached" in report["encoders"]["clip"]["detail"]
+    assert any("HF_HUB_OFFLINE=1" in problem["fix"] for problem in report["problems"])
+
+
+def test_hub_probe_opens_a_connection_to_the_endpoint_host(monkeypatch):
+    """Against sockets of this machine (no network): a listening port is reachable, a closed one is not."""
+    import socket
+
+    from huggingface_hub import constants
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+        assert doctor.hub_reachable(timeout=2.0) == (True, f"127.0.0.1:{port}")
+    # The port is closed now that the server socket is: the connection is refused at once.
+    assert doctor.hub_reachable(timeout=2.0) == (False, f"127.0.0.1:{port}")
 
 
 def test_local_encoder_paths_are_checked(tmp_path):
