@@ -37,10 +37,10 @@ from diffma_cli.errors import EnvironmentProblem
 BACKENDS = ("auto", "mamba_ssm", "triton", "torch", "reference")
 #: Input dtypes the Triton kernel reads (it computes in float32); float64 stays on the other backends.
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-#: Whether "auto" may pick the Triton kernels at all. Off: as of 2026-11-27 they are checked in Triton's CPU
-#: interpreter and compiled for sm_90 offline, but not yet run or timed on a GPU (docs/architecture.md);
-#: force them with backend="triton" / scan_backend("triton") until `pytest -m gpu` and
-#: benchmarks/scan_kernels_gpu.py have passed on a card.
+#: Whether "auto" may pick the Triton kernels at all. Off, from the H100 run of benchmarks/scan_kernels_gpu.py
+#: (2026-11-27, docs/benchmarks.md): as accurate as mamba-ssm and 20 % faster forward at 196 tokens, but
+#: slower at 1024 tokens and about twice as slow with the backward. Force them with backend="triton" /
+#: scan_backend("triton").
 TRITON_IN_AUTO = False
 #: Whether "auto" also trains with the Triton kernels (else mamba_ssm's backward when a gradient is needed).
 TRITON_FOR_TRAINING = True
