@@ -22,7 +22,10 @@ import time
 
 import numpy as np
 
-# name -> convert_volume options (besides the sampler/steps given on the command line).
+# name -> convert_volume options (besides the sampler/steps given on the command line), on top of BASE: the
+# method as published (independent noise, no filter), so that "independent" stays the unfiltered reference
+# whatever convert's defaults are.
+BASE = {"noise": "independent", "smooth_z": 0.0}
 SETTINGS = {
     "independent": {},
     "shared": {"noise": "shared"},
@@ -66,7 +69,7 @@ def score_case(case, models, settings: dict, args) -> list[dict]:
     reference = normalise_reference(reference, mask, target)
     rows = []
     for name, options in settings.items():
-        options = {"sampler": args.sampler, "steps": args.steps, **options}
+        options = {"sampler": args.sampler, "steps": args.steps, **BASE, **options}
         began = time.perf_counter()
         generated, _ = convert_volume(image, models, body_mask=mask_image, seed=args.seed, progress=False,
                                       batch_size=args.batch_size, **options)

@@ -70,7 +70,7 @@ def write_json(path: Path, values: dict, overwrite: bool = False) -> None:
     from diffma_cli.io.atomic import atomic_file
 
     with atomic_file(path, overwrite=overwrite) as temporary:
-        temporary.write_text(json.dumps(values, indent=1, allow_nan=False) + "\n")
+        temporary.write_text(json.dumps(values, indent=1, allow_nan=False) + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------- inputs
@@ -141,7 +141,7 @@ def plan_budget(args, out: Path, recipe, keys: list[str], embedder: Path) -> dic
     batch = recipe.training.global_batch_size
     path = out / PLAN
     if path.is_file():
-        plan = json.loads(path.read_text())
+        plan = json.loads(path.read_text(encoding="utf-8"))
         asked = {"steps": args.steps, "images": args.images, "train_minutes": args.train_minutes}
         if plan["global_batch_size"] != batch or any(value is not None and plan["asked"].get(name) != value
                                                      for name, value in asked.items()):
@@ -211,7 +211,7 @@ def finished_run(run: Path) -> bool:
 
     if not (run / RUN_INFO).is_file():
         return False
-    return bool(json.loads((run / RUN_INFO).read_text()).get("finished")) and (run / BACKBONE).is_file()
+    return bool(json.loads((run / RUN_INFO).read_text(encoding="utf-8")).get("finished")) and (run / BACKBONE).is_file()
 
 
 def ensure_embedder(args, out: Path, recipe) -> Path:
@@ -264,8 +264,11 @@ def convert_entry(args, folder: Path, run: Path, cases: list) -> None:
             ct, body = read_volume(case.ct), read_volume(case.mask)
             began = time.perf_counter()
             # The output arrives as a SimpleITK image built from a NumPy array: the GPU work is done.
+            # smooth_z=0: the rows score each backbone as published, without convert's default through-plane
+            # filter (docs/consistency.md), which would flatter every row alike.
             generated, _ = convert_volume(ct, models, body_mask=body, sampler=args.sampler,
-                                          steps=args.sample_steps, progress=not args.quiet, source=case.ct)
+                                          steps=args.sample_steps, smooth_z=0.0, progress=not args.quiet,
+                                          source=case.ct)
             seconds[case.id] = time.perf_counter() - began
             write_volume(generated, predictions / f"{case.id}.nii.gz")
     parameters = sum(parameter.numel() for parameter in models.backbone.parameters())
@@ -289,7 +292,7 @@ def warm_up(args, models, case) -> None:
     count = min(len(z), models.recipe.sampling.batch_size)
     start = int(z[len(z) // 2 - count // 2])
     convert_volume(ct[:, :, start:start + count], models, body_mask=body[:, :, start:start + count],
-                   sampler=args.sampler, steps=args.sample_steps, progress=False, source=case.ct)
+                   sampler=args.sampler, steps=args.sample_steps, smooth_z=0.0, progress=False, source=case.ct)
 
 
 def evaluate_entry(args, folder: Path) -> None:
@@ -365,8 +368,8 @@ def mean_std(values: list[float]) -> dict:
 def table_row(out: Path, key: str) -> dict:
     """One row, read from the files the stages wrote (nothing else)."""
     folder = out / key
-    metrics = json.loads((folder / METRICS_FILE).read_text())
-    converted = json.loads((folder / CONVERT).read_text())
+    metrics = json.loads((folder / METRICS_FILE).read_text(encoding="utf-8"))
+    converted = json.loads((folder / CONVERT).read_text(encoding="utf-8"))
     row = {"key": key, "label": FLOOR_LABEL if key == FLOOR else ENTRIES[key][0],
            "parameters": converted["parameters"], "train_images": None, "train_images_per_second": None,
            "seconds_per_volume": mean_std(list(converted["seconds_per_volume"].values())),
@@ -374,7 +377,7 @@ def table_row(out: Path, key: str) -> dict:
            "metrics": {name: metrics["summary"][name] for name, _, _ in METRICS},
            "files": {"metrics": str(folder / METRICS_FILE), "convert": str(folder / CONVERT)}}
     if key != FLOOR:
-        info = json.loads((folder / RUN / "run.json").read_text())
+        info = json.loads((folder / RUN / "run.json").read_text(encoding="utf-8"))
         from diffma_cli.config import load_recipe
 
         batch = load_recipe(folder / RUN / "recipe.yaml").training.global_batch_size
@@ -418,7 +421,7 @@ def write_table(out: Path, keys: list[str], plan: dict, sampling: str) -> dict:
     from diffma_cli.io.atomic import atomic_file
 
     with atomic_file(out / TABLE_MD, overwrite=True) as temporary:
-        temporary.write_text(markdown(table))
+        temporary.write_text(markdown(table), encoding="utf-8")  # ± and – whatever the locale
     return table
 
 

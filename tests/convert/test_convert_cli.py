@@ -155,3 +155,21 @@ def test_mr_to_ct_run_writes_hu_with_a_body_found_in_the_mr(tmp_path, mr_to_ct_r
     outside = [z for z in range(SHAPE[0]) if z not in BODY_SLICES]  # Otsu found no body there
     assert (ct[outside] == -1024.0).all()
     assert ct.min() >= -1024.0 and ct.max() <= 3000.0 and ct[list(BODY_SLICES)].std() > 1.0
+
+
+def test_command_line_defaults_are_the_library_defaults():
+    """`diffma convert` and `convert_volume` must sample the same way when no option is given; the command
+    keeps its defaults as literals so that `diffma --help` does not import torch."""
+    import inspect
+
+    from diffma_cli import convert as library
+    from diffma_cli.commands.convert import convert as command
+
+    options = {name: parameter.default.default for name, parameter in inspect.signature(command).parameters.items()
+               if hasattr(parameter.default, "default")}
+    assert options["noise"] == library.DEFAULT_NOISE
+    assert options["noise_correlation"] == library.DEFAULT_NOISE_CORRELATION
+    assert options["smooth_z"] == library.DEFAULT_SMOOTH_Z
+    defaults = inspect.signature(library.convert_volume).parameters
+    assert defaults["smooth_z"].default == library.DEFAULT_SMOOTH_Z
+    assert defaults["noise"].default == library.DEFAULT_NOISE

@@ -137,8 +137,10 @@ def test_starting_noise_modes():
 
 def test_smooth_z_filters_the_body_slices_along_z_only(models):
     image = as_image(ct_array())
-    plain, _ = convert_volume(image, models, progress=False)
+    plain, _ = convert_volume(image, models, smooth_z=0.0, progress=False)
     smoothed, _ = convert_volume(image, models, smooth_z=1.0, progress=False)
+    default, _ = convert_volume(image, models, progress=False)  # the default is this filter (consistency.md)
+    np.testing.assert_array_equal(array(default), array(smoothed))
     expected = array(plain).copy()
     body = list(BODY_SLICES)
     expected[body] = gaussian_filter1d(expected[body].astype(np.float64), 1.0, axis=0, mode="nearest")
