@@ -31,7 +31,7 @@ HUB_PROBE_SECONDS = 3.0
 FAST_PACKAGES = [
     ("mamba_ssm", "mamba-ssm", "the CUDA selective-scan kernel (training on a GPU)"),
     ("causal_conv1d", "causal-conv1d", "mamba-ssm's fused causal convolution"),
-    ("triton", "triton", "our Triton selective-scan forward (sampling on a GPU)"),
+    ("triton", "triton", "our Triton selective-scan kernel (opt-in: backend=\"triton\")"),
 ]
 INSTALL_FAST_PATH = ("pip install causal-conv1d mamba-ssm --no-build-isolation (built against this torch "
                      "and CUDA; see docs/troubleshooting.md)")
