@@ -211,7 +211,8 @@ def finished_run(run: Path) -> bool:
 
     if not (run / RUN_INFO).is_file():
         return False
-    return bool(json.loads((run / RUN_INFO).read_text(encoding="utf-8")).get("finished")) and (run / BACKBONE).is_file()
+    info = json.loads((run / RUN_INFO).read_text(encoding="utf-8"))
+    return bool(info.get("finished")) and (run / BACKBONE).is_file()
 
 
 def ensure_embedder(args, out: Path, recipe) -> Path:
@@ -292,7 +293,8 @@ def warm_up(args, models, case) -> None:
     count = min(len(z), models.recipe.sampling.batch_size)
     start = int(z[len(z) // 2 - count // 2])
     convert_volume(ct[:, :, start:start + count], models, body_mask=body[:, :, start:start + count],
-                   sampler=args.sampler, steps=args.sample_steps, smooth_z=0.0, progress=False, source=case.ct)
+                   sampler=args.sampler, steps=args.sample_steps, smooth_z=0.0, progress=False,
+                   source=case.ct)
 
 
 def evaluate_entry(args, folder: Path) -> None:

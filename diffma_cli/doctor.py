@@ -140,7 +140,8 @@ def _encoder(what: str, source: str, files: tuple, offline: bool, reachable: tup
                        f"here and pass it instead of the hub id (docs/encoders.md)"}
     if reachable is not None and not reachable[0]:
         return {"source": source, "kind": "hub", "available": False,
-                "detail": f"not in the local Hugging Face cache and the hub ({reachable[1]}) cannot be reached",
+                "detail": f"not in the local Hugging Face cache and the hub ({reachable[1]}) cannot be "
+                          "reached",
                 "fix": f"on a machine with internet run `hf download {source} --local-dir DIR`, copy DIR "
                        f"here and pass it instead of the hub id, or set HF_HUB_OFFLINE=1 and use local "
                        f"encoders (docs/encoders.md)"}
@@ -252,7 +253,8 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     if encoders["hub_offline"]:
         hub = "offline (HF_HUB_OFFLINE or the recipe)"
     else:
-        hub = f"online; {encoders['hub_host']} " + ("reachable" if encoders["hub_reachable"] else "NOT reachable")
+        state = "reachable" if encoders["hub_reachable"] else "NOT reachable"
+        hub = f"online; {encoders['hub_host']} {state}"
     rows.append(("hub", hub))
     rows.append(("disk", f"{report['disk']['free_gib']} GiB free in {report['disk']['folder']}"))
     width = max(len(name) for name, _ in rows)

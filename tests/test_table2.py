@@ -92,7 +92,8 @@ def check_rows_come_from_the_files_each_stage_wrote(table2, out):
 
 def check_markdown_cells_are_the_metrics_files_rounded(table2, out):
     table = json.loads((out / "table.json").read_text())
-    lines = [line for line in (out / "table.md").read_text(encoding="utf-8").splitlines() if line.startswith("| ")]
+    text = (out / "table.md").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
     header, rows = lines[0], lines[1:]
     assert header.count("|") == 5 + len(table2.METRICS) + 1
     assert len(rows) == 3

@@ -165,7 +165,8 @@ def test_command_line_defaults_are_the_library_defaults():
     from diffma_cli import convert as library
     from diffma_cli.commands.convert import convert as command
 
-    options = {name: parameter.default.default for name, parameter in inspect.signature(command).parameters.items()
+    parameters = inspect.signature(command).parameters
+    options = {name: parameter.default.default for name, parameter in parameters.items()
                if hasattr(parameter.default, "default")}
     assert options["noise"] == library.DEFAULT_NOISE
     assert options["noise_correlation"] == library.DEFAULT_NOISE_CORRELATION
