@@ -40,6 +40,17 @@ def test_resumed_run_repeats_the_uninterrupted_losses(tmp_path):
     assert logged == whole.losses
 
 
+def test_loader_workers_keep_every_epochs_order_and_resume(tmp_path):
+    """The loader lives for the whole run (persistent workers); each epoch must still be read in the order
+    set_epoch gives it, exactly as without workers, also when a resume starts mid-epoch."""
+    in_process = run(tmp_path, "in-process")  # 3 epochs x 3 steps, no workers
+    workers = run(tmp_path, "workers", num_workers=2)
+    assert workers.losses == in_process.losses
+    first = run(tmp_path, "parts", num_workers=2, steps=4, checkpoint_every=2)
+    second = run(tmp_path, "parts", num_workers=2, resume=True)
+    assert first.losses + second.losses == in_process.losses
+
+
 def test_resume_drops_log_lines_after_the_checkpoint(tmp_path):
     run(tmp_path, "r", steps=5, checkpoint_every=3)  # checkpoints at 3 and 5
     # Pretend the run died after step 5's log line but before its checkpoint.
