@@ -389,6 +389,51 @@ def table_row(out: Path, key: str) -> dict:
     return row
 
 
+# The row every other is compared with case by case: the recipe's model (DiffMa-B/2 with the true spiral),
+# else the first row of the table.
+PAIRED_REFERENCE = "diffma-spiral"
+
+
+def case_values(out: Path, key: str) -> dict[str, dict]:
+    metrics = json.loads((out / key / METRICS_FILE).read_text(encoding="utf-8"))
+    return {case["case"]: case for case in metrics["cases"]}
+
+
+def paired_differences(out: Path, keys: list[str]) -> dict:
+    """Each row minus the reference row, case by case over the test cases both scored: for every metric the
+    mean and sample std of the differences, their number n and the paired t statistic mean / (std / sqrt n)
+    (None when n < 2 or the differences are all equal). Case-to-case spread is large and shared by all
+    rows; a paired difference shows whether two rows differ consistently on the same cases."""
+    import numpy as np
+
+    reference = PAIRED_REFERENCE if PAIRED_REFERENCE in keys else keys[0]
+    base = case_values(out, reference)
+    rows = {}
+    for key in keys:
+        if key == reference:
+            continue
+        mine = case_values(out, key)
+        common = sorted(set(base) & set(mine))
+        rows[key] = {}
+        for name, _, _ in METRICS:
+            pairs = [(mine[case][name], base[case][name]) for case in common]
+            finite = np.array([a - b for a, b in pairs if a is not None and b is not None
+                               and math.isfinite(a) and math.isfinite(b)], dtype=np.float64)
+            n = int(finite.size)
+            mean = float(finite.mean()) if n else None
+            std = float(finite.std(ddof=1)) if n > 1 else None
+            t = mean / (std / math.sqrt(n)) if std else None
+            rows[key][name] = {"mean": mean, "std": std, "n": n, "t": t}
+    return {"reference": reference, "rows": rows}
+
+
+def paired_cell(difference: dict, decimals: int) -> str:
+    if difference["mean"] is None:
+        return "–"
+    text = f"{difference['mean']:+.{decimals}f}"
+    return text + (f" (t {difference['t']:+.1f})" if difference["t"] is not None else "")
+
+
 def cell(summary: dict, decimals: int) -> str:
     if summary["mean"] is None:
         return "–"
@@ -413,12 +458,25 @@ def markdown(table: dict) -> str:
     lines.append(f"Mean ± sample std over {cases} test case(s). MAE/PSNR/SSIM: SynthRAD2023 masked 3-D "
                  "protocol on prepare's normalised MR scale [-1, 1]; paper: per-slice 8-bit protocol "
                  "(docs/metrics.md). Sampling: " + table["sampling"] + ".")
+    paired = table.get("paired")
+    if paired and paired["rows"]:
+        labels = {row["key"]: row["label"] for row in table["rows"]}
+        lines += ["", "| row − " + labels[paired["reference"]] + " | "
+                  + " | ".join(f"Δ {title}" for _, title, _ in METRICS) + " |",
+                  "|" + "---|" * (len(METRICS) + 1)]
+        for key, differences in paired["rows"].items():
+            lines.append("| " + labels[key] + " | " + " | ".join(
+                paired_cell(differences[name], decimals) for name, _, decimals in METRICS) + " |")
+        lines += ["", "Paired differences over the test cases both rows scored: mean of (row − reference) "
+                  "per case, and the paired t statistic mean / (sd / √n). One training seed per row: "
+                  "seed-to-seed variation is not in these numbers."]
     return "\n".join(lines) + "\n"
 
 
 def write_table(out: Path, keys: list[str], plan: dict, sampling: str) -> dict:
     done = [key for key in [*keys, FLOOR] if (out / key / METRICS_FILE).is_file()]
-    table = {"plan": plan, "sampling": sampling, "rows": [table_row(out, key) for key in done]}
+    table = {"plan": plan, "sampling": sampling, "rows": [table_row(out, key) for key in done],
+             "paired": paired_differences(out, done) if len(done) > 1 else None}
     write_json(out / TABLE_JSON, table, overwrite=True)
     from diffma_cli.io.atomic import atomic_file
 

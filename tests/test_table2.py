@@ -53,6 +53,7 @@ def test_tiny_table_end_to_end(table2, tiny_tree, capsys):
     assert "| DiffMa-B/2, spiral scan |" in capsys.readouterr().out  # the final table is printed
     check_rows_come_from_the_files_each_stage_wrote(table2, out)
     check_markdown_cells_are_the_metrics_files_rounded(table2, out)
+    check_paired_differences_against_scipy(out)
     check_a_second_call_skips_finished_stages_and_redoes_a_missing_one(table2, args, out, capsys)
     check_a_stopped_training_resumes_from_its_checkpoint(table2, args, out, capsys)
 
@@ -93,7 +94,8 @@ def check_rows_come_from_the_files_each_stage_wrote(table2, out):
 def check_markdown_cells_are_the_metrics_files_rounded(table2, out):
     table = json.loads((out / "table.json").read_text())
     text = (out / "table.md").read_text(encoding="utf-8")
-    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    first_table = text.split("\n\n")[0]  # the paired-differences table follows after a blank line
+    lines = [line for line in first_table.splitlines() if line.startswith("| ")]
     header, rows = lines[0], lines[1:]
     assert header.count("|") == 5 + len(table2.METRICS) + 1
     assert len(rows) == 3
@@ -171,3 +173,33 @@ def test_unknown_backbone_is_one_line_with_the_choices(table2, tiny_tree, tmp_pa
     assert table2.main([str(data), str(src), "-o", str(tmp_path), "--backbones", "unet", *TINY]) == 2
     message = capsys.readouterr().err.strip()
     assert message.startswith("table2: error:") and "diffma-spiral" in message and "\n" not in message
+
+
+def check_paired_differences_against_scipy(out):
+    """The paired block: per-case differences to the spiral DiffMa row, their mean and scipy's paired t."""
+    from scipy.stats import ttest_rel
+
+    table = json.loads((out / "table.json").read_text())
+    paired = table["paired"]
+    assert paired["reference"] == "diffma-spiral"
+    assert set(paired["rows"]) == {row["key"] for row in table["rows"]} - {"diffma-spiral"}
+
+    def per_case(key):
+        cases = json.loads((out / key / "metrics.json").read_text())["cases"]
+        return {case["case"]: case for case in cases}
+
+    reference = per_case("diffma-spiral")
+    for key, differences in paired["rows"].items():
+        row = per_case(key)
+        cases = sorted(reference)
+        assert sorted(row) == cases and len(cases) == 2
+        for name in ("mae", "ssim", "paper_ssim", "paper_mse"):
+            mine = np.array([row[case][name] for case in cases])
+            base = np.array([reference[case][name] for case in cases])
+            got = differences[name]
+            assert got["n"] == 2 and got["mean"] == pytest.approx(float(np.mean(mine - base)), abs=1e-12)
+            assert got["t"] == pytest.approx(float(ttest_rel(mine, base).statistic), rel=1e-9)
+    text = (out / "table.md").read_text(encoding="utf-8")
+    assert "| row − DiffMa-B/2, spiral scan | Δ MAE |" in text
+    mae = paired["rows"]["dit"]["mae"]
+    assert f"| DiT-B/2 | {mae['mean']:+.4f} (t {mae['t']:+.1f}) |" in text
