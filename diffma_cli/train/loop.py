@@ -136,6 +136,11 @@ def fit(task: Task, settings: TrainingConfig, run_dir: str | Path, where: Proces
         network = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=getattr(task, "find_unused_parameters", False))
+    replicas = network  # DDP's no_sync() lives on the wrapper, not on its compiled form
+    if settings.compile:
+        # Compiled around DDP (as PyTorch recommends, so its bucket hooks stay outside the graphs); the
+        # uncompiled `model` keeps the parameters, so checkpoints, EMA and exported weights are unchanged.
+        network = torch.compile(network)
     amp_dtype = autocast_dtype(settings.precision, device)
     sampler = ResumableDistributedSampler(task.dataset, where.world_size, where.rank, settings.seed)
     indexed = IndexedDataset(task.dataset)
@@ -163,7 +168,7 @@ def fit(task: Task, settings: TrainingConfig, run_dir: str | Path, where: Proces
                 randomness = SampleRandomness(sample_seeds(settings.seed, state.epoch, indices), device)
                 last = accumulation == settings.grad_accumulation - 1
                 # DDP averages gradients at the last micro-batch only; the others just accumulate.
-                sync = contextlib.nullcontext() if last or not where.distributed else network.no_sync()
+                sync = contextlib.nullcontext() if last or not where.distributed else replicas.no_sync()
                 with sync:
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         loss = task.loss(network, _to_device(batch, device), randomness)
