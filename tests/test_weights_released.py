@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from released_baselines import load_released_baseline
 from safetensors import safe_open
 
 from diffma_cli.errors import InputError
@@ -43,16 +44,6 @@ def test_released_embedder_of_another_patch_size_names_key_and_shapes():
         load_model(path, name="embedder/4")
 
 
-def _reference(family: str):
-    """Tiny released-code baseline (tests/data/released/README.md): its weights, inputs, output, config."""
-    with safe_open(str(DATA / "released" / f"baselines_{family}.safetensors"), framework="pt") as handle:
-        config = json.loads(handle.metadata()["config"])
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    state = {key.removeprefix("model."): value for key, value in tensors.items() if key.startswith("model.")}
-    inputs = [tensors[f"input.{key}"] for key in ("x", "t", "y", "y2", "w")]
-    return config, state, inputs, tensors["output"]
-
-
 #: reference file -> the released name its training options would carry (`args.model`).
 BASELINES = {"dit": "DiT-S/2", "zigma": "ZigMa-S/2", "vim": "ViM-S/4", "vmamba": "VMamba-S/2",
              "emamba": "EMamba-S/2"}
@@ -63,7 +54,7 @@ def test_released_baseline_checkpoints_import_and_reproduce_the_released_output(
     released_name = BASELINES[family]
     if not any(name.split("-")[0] == released_name.split("-")[0] for name in model_names()):
         pytest.skip(f"{released_name.split('-')[0]} is not in the model registry yet")
-    config, state, inputs, expected = _reference(family)
+    config, state, inputs, expected = load_released_baseline(family)
     path = _released_layout(tmp_path / "0050000.pt", state, args=argparse.Namespace(model=released_name))
     model = load_model(path)
     assert model.config["name"].split("-")[0] == released_name.split("-")[0]

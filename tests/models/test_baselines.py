@@ -1,19 +1,15 @@
 """Comparison backbones: released parameter counts, forward shapes, scan orders, released tensors."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
+from released_baselines import load_released_baseline
 
 from diffma_cli.errors import InputError
 from diffma_cli.models import baseline_orders as orders
 from diffma_cli.models import create_model, model_names
 from diffma_cli.models.baselines import BASELINE_FACTORIES
-
-RELEASED = Path(__file__).parents[1] / "data" / "released"
 
 #: Parameter counts of the released code (`model.py`, counted by instantiating its classes on the meta
 #: device, pos_embed included); DiT-B/2 and the *-BL/2 values are also in REFERENCE.md §1. The four Mamba
@@ -268,16 +264,6 @@ def test_unknown_override_is_refused_with_valid_keys():
         BASELINE_FACTORIES["DiT-B/2"](heads=4)
 
 
-def _load_reference(family: str):
-    path = RELEASED / f"baselines_{family}.safetensors"
-    with safe_open(str(path), "pt") as f:
-        config = json.loads(f.metadata()["config"])
-    tensors = load_file(str(path))
-    state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    inputs = [tensors[f"input.{k}"] for k in ("x", "t", "y", "y2", "w")]
-    return config, state, inputs, tensors["output"]
-
-
 #: reference file -> a registered name of that family (size and patch come from the file's config).
 REFERENCE_NAMES = {"dit": "DiT-B/2", "zigma": "ZigMa-BL/2", "vim": "ViM-S/4", "vmamba": "VMamba-B/2",
                    "emamba": "EMamba-BL/2"}
@@ -285,7 +271,7 @@ REFERENCE_NAMES = {"dit": "DiT-B/2", "zigma": "ZigMa-BL/2", "vim": "ViM-S/4", "v
 
 @pytest.mark.parametrize("family", sorted(REFERENCE_NAMES))
 def test_matches_released_code(family):
-    config, state, inputs, expected = _load_reference(family)
+    config, state, inputs, expected = load_released_baseline(family)
     overrides = {k: config[k] for k in ("input_size", "patch_size", "hidden_size", "depth")}
     model = create_model(REFERENCE_NAMES[family], **overrides).eval()
     # strict: every released key, with its shape, and nothing else
@@ -315,7 +301,7 @@ def test_matches_released_code_on_cuda(family, backend, exact_cuda_float32):
 
     if backend == "mamba_ssm" and mamba_ssm_scan_fn() is None:
         pytest.skip("mamba-ssm is not importable here")
-    config, state, inputs, expected = _load_reference(family)
+    config, state, inputs, expected = load_released_baseline(family)
     overrides = {k: config[k] for k in ("input_size", "patch_size", "hidden_size", "depth")}
     model = create_model(REFERENCE_NAMES[family], **overrides).eval()
     model.load_state_dict(state, strict=True)
