@@ -39,3 +39,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def small_brain_data(tmp_path_factory):
+    """Factory: `make(name, cases, fractions, seed=0)` writes `cases` small synthetic brain cases
+    (`diffma synth --size small`) and prepares them split by `fractions` (train, val, test); returns
+    (prepared data folder, SynthRAD Task1 folder), both under a fresh folder named after `name`."""
+    from diffma_cli.data.prepare import PrepareOptions, prepare
+    from diffma_cli.data.synth import write_synthetic_tree
+
+    def make(name: str, cases: int, fractions: tuple[float, float, float], seed: int = 0):
+        root = tmp_path_factory.mktemp(name)
+        write_synthetic_tree(root / "synth", ("brain",), cases, seed=seed, size="small", progress=False)
+        prepare(root / "synth" / "Task1", root / "data", PrepareOptions(fractions=fractions), progress=False)
+        return root / "data", root / "synth" / "Task1"
+
+    return make
+

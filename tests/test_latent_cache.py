@@ -94,19 +94,15 @@ def test_unreadable_cache_is_rebuilt_and_bad_arguments_are_user_errors(tmp_path,
         ensure_latent_cache(StandInSlices(1), path, vae, clip, clip_of="mask", progress=False)
 
 
-def test_cache_over_prepared_slices_equals_direct_encoding(tmp_path, encoders):
+def test_cache_over_prepared_slices_equals_direct_encoding(encoders, small_brain_data):
     """The real data path: diffma synth -> prepare -> PreparedSlices -> cache."""
     from diffma_cli.data.dataset import PreparedSlices
-    from diffma_cli.data.prepare import PrepareOptions, prepare
-    from diffma_cli.data.synth import write_synthetic_tree
 
     vae, clip = encoders
-    write_synthetic_tree(tmp_path / "src", ("brain",), cases=3, seed=1, size="small", progress=False)
-    prepare(tmp_path / "src" / "Task1", tmp_path / "data", PrepareOptions(fractions=(0.4, 0.3, 0.3)),
-            progress=False)
-    prepared = PreparedSlices(tmp_path / "data", "val")
+    data, _ = small_brain_data("latent-cache", 3, (0.4, 0.3, 0.3), seed=1)
+    prepared = PreparedSlices(data, "val")
     slices = Subset(prepared, range(0, len(prepared), 8))  # every 8th slice keeps the test short
-    path = ensure_latent_cache(slices, default_cache_file(tmp_path / "data", "val"), vae, clip,
+    path = ensure_latent_cache(slices, default_cache_file(data, "val"), vae, clip,
                                batch_size=16, progress=False)
     cache = LatentCache(path)
     assert len(cache) == len(slices) > 0

@@ -32,16 +32,10 @@ def table2():
 
 
 @pytest.fixture(scope="module")
-def tiny_tree(tmp_path_factory):
+def tiny_tree(small_brain_data):
     """Four small synthetic brain cases: 1 train, 1 val, 2 test (two, so that a std exists)."""
-    from diffma_cli.data.prepare import PrepareOptions, prepare
-    from diffma_cli.data.synth import write_synthetic_tree
-
-    root = tmp_path_factory.mktemp("table2")
-    write_synthetic_tree(root / "synth", ("brain",), 4, size="small", progress=False)
-    prepare(root / "synth" / "Task1", root / "data", PrepareOptions(fractions=(0.25, 0.25, 0.5)),
-            progress=False)
-    return root / "data", root / "synth" / "Task1", root / "out"
+    data, src = small_brain_data("table2", 4, (0.25, 0.25, 0.5))
+    return data, src, data.parent / "out"
 
 
 def test_tiny_table_end_to_end(table2, tiny_tree, capsys):
