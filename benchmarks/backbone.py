@@ -46,7 +46,10 @@ def make_inputs(model, batch: int, latent: int, device):
     return x, t, randn(batch, 512), randn(batch, tokens, hidden), torch.rand(batch, tokens, 1, device=device)
 
 
-def time_steps(step, warmup: int, repeat: int) -> list[float]:
+def time_steps(step, warmup: int, repeat: int, give_up_ms: float | None = None) -> list[float]:
+    """Milliseconds of `repeat` calls of `step` (CUDA events around each), after `warmup` untimed calls.
+    With `give_up_ms`, stop after two calls that both took longer (a reference path of seconds per call).
+    benchmarks/scan_kernels_gpu.py times its kernels with this too."""
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
@@ -58,6 +61,8 @@ def time_steps(step, warmup: int, repeat: int) -> list[float]:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
+        if give_up_ms is not None and len(times) == 2 and min(times) > give_up_ms:
+            break
     return times
 
 

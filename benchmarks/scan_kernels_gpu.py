@@ -27,10 +27,14 @@ import json
 import statistics
 import sys
 import traceback
+from pathlib import Path
 
 import torch
 
 from diffma_cli.models.ops import selective_scan as ops
+
+sys.path.insert(0, str(Path(__file__).parent))
+from backbone import time_steps  # noqa: E402  (the timing loop of benchmarks/backbone.py)
 
 SHAPES = "96x1024x196x16,192x1024x196x16,24x1024x1024x16"
 BACKENDS = ("triton", "mamba_ssm", "torch")
@@ -61,20 +65,8 @@ def make_inputs(batch, dim, length, state, dtype, seed=0):
 
 
 def time_ms(call, warmup: int, repeat: int) -> float:
-    for _ in range(warmup):
-        call()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-        if len(times) == 2 and min(times) > SLOW_MS:
-            break
-    return statistics.median(times)
+    """Median CUDA-event milliseconds of `call` (backbone.py's timing loop), fewer repeats above SLOW_MS."""
+    return statistics.median(time_steps(call, warmup, repeat, give_up_ms=SLOW_MS))
 
 
 def float32_reference(args, grad_out):
