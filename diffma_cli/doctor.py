@@ -133,18 +133,17 @@ def _encoder(what: str, source: str, files: tuple, offline: bool, reachable: tup
     if all(cached):
         return {"source": source, "kind": "hub", "available": True,
                 "detail": f"in the local Hugging Face cache ({Path(cached[0]).parent})"}
+    copy_here = (f"on a machine with internet run `hf download {source} --local-dir DIR`, copy DIR here and "
+                 f"pass it instead of the hub id")
     if offline:
         return {"source": source, "kind": "hub", "available": False,
                 "detail": "not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE)",
-                "fix": f"on a machine with internet run `hf download {source} --local-dir DIR`, copy DIR "
-                       f"here and pass it instead of the hub id (docs/encoders.md)"}
+                "fix": f"{copy_here} (docs/encoders.md)"}
     if reachable is not None and not reachable[0]:
         return {"source": source, "kind": "hub", "available": False,
                 "detail": f"not in the local Hugging Face cache and the hub ({reachable[1]}) cannot be "
                           "reached",
-                "fix": f"on a machine with internet run `hf download {source} --local-dir DIR`, copy DIR "
-                       f"here and pass it instead of the hub id, or set HF_HUB_OFFLINE=1 and use local "
-                       f"encoders (docs/encoders.md)"}
+                "fix": f"{copy_here}, or set HF_HUB_OFFLINE=1 and use local encoders (docs/encoders.md)"}
     return {"source": source, "kind": "hub", "available": True,
             "detail": "not cached yet: downloaded from the hub on first use (the hub is reachable)"}
 
