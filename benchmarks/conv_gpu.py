@@ -63,8 +63,12 @@ def shifted_silu(x, weight, bias):
 
 
 def variants():
-    found = {"conv1d": conv_silu, "conv1d+compile": torch.compile(conv_silu),
-             "shifted": shifted_silu, "shifted+compile": torch.compile(shifted_silu)}
+    found = {
+        "conv1d": conv_silu,
+        "conv1d+compile": torch.compile(conv_silu),
+        "shifted": shifted_silu,
+        "shifted+compile": torch.compile(shifted_silu),
+    }
     try:
         from causal_conv1d import causal_conv1d_fn
     except Exception as error:  # not built on this machine: the table says so
@@ -110,7 +114,7 @@ def measure(name, fn, x, weight, bias, grad, reference, warmup, repeat):
         "fwd_ms": statistics.median(time_steps(forward, warmup, repeat)),
         "fwdbwd_ms": statistics.median(time_steps(forward_backward, warmup, repeat)),
         "out_rel_err": rel_err(out, ref_out),
-        "grad_rel_err": max(rel_err(leaf.grad, r) for leaf, r in zip(leaves, ref_grads)),
+        "grad_rel_err": max(rel_err(leaf.grad, r) for leaf, r in zip(leaves, ref_grads, strict=True)),
         "out_dtype": str(out.dtype).replace("torch.", ""),
     }
     return row
@@ -151,14 +155,17 @@ def main(argv=None):
         del reference
         torch.cuda.empty_cache()
 
-    print(f"\n| batch x Di x L | variant | fwd ms | fwd+bwd ms | out rel err | grad rel err | note |   ({card})")
+    header = "| batch x Di x L | variant | fwd ms | fwd+bwd ms | out rel err | grad rel err | note |"
+    print(f"\n{header}   ({card})")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['shape']} | {r['variant']} | | | | | {r['error'][:80]} |")
         else:
-            print(f"| {r['shape']} | {r['variant']} | {r['fwd_ms']:.3f} | {r['fwdbwd_ms']:.3f} | "
-                  f"{r['out_rel_err']:.2e} | {r['grad_rel_err']:.2e} | out {r['out_dtype']} |")
+            print(
+                f"| {r['shape']} | {r['variant']} | {r['fwd_ms']:.3f} | {r['fwdbwd_ms']:.3f} | "
+                f"{r['out_rel_err']:.2e} | {r['grad_rel_err']:.2e} | out {r['out_dtype']} |"
+            )
     if args.json:
         args.json.write_text(json.dumps({"card": card, "torch": torch.__version__, "rows": rows}, indent=1))
 
