@@ -1,7 +1,7 @@
 """`diffma doctor`: what this machine can run, and what to do about what it cannot.
 
 It reports Python, torch and CUDA versions, the GPUs, whether the optional fast packages (mamba-ssm,
-causal-conv1d, triton) import (with the error if not), which selective-scan backend each device will use
+triton) import (with the error if not), which selective-scan backend each device will use
 for training and for sampling (`models.ops.selective_scan.resolve_backend`, the function the models call),
 whether a recipe's frozen encoders (VAE, BiomedCLIP) are reachable without a download, and the free disk.
 Nothing is downloaded and no model is built: hub weights are looked up in the local Hugging Face cache only,
@@ -27,13 +27,14 @@ LOW_DISK_GIB = 10.0
 # out at all; a connection that neither opens nor fails (a silent firewall) must not hang doctor.
 HUB_PROBE_SECONDS = 3.0
 
-# The optional packages of the GPU fast path: import name, distribution name, what uses it.
+# The optional packages of the GPU fast path: import name, distribution name, what uses it. causal-conv1d
+# is not among them: our mixers run PyTorch's depthwise convolution (its fused kernel is not measured yet,
+# docs/benchmarks.md), so it would cost a long CUDA build for nothing.
 FAST_PACKAGES = [
     ("mamba_ssm", "mamba-ssm", "the CUDA selective-scan kernel (training on a GPU)"),
-    ("causal_conv1d", "causal-conv1d", "mamba-ssm's fused causal convolution"),
     ("triton", "triton", "our Triton selective-scan kernel (opt-in: backend=\"triton\")"),
 ]
-INSTALL_FAST_PATH = ("pip install causal-conv1d mamba-ssm --no-build-isolation (built against this torch "
+INSTALL_FAST_PATH = ("pip install mamba-ssm --no-build-isolation (built against this torch "
                      "and CUDA; see docs/troubleshooting.md)")
 
 # Files a hub source needs in the local cache: the diffusers VAE folder, open_clip's BiomedCLIP repo.

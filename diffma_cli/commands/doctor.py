@@ -14,7 +14,7 @@ def doctor(
     folder: Path = typer.Option(Path("."), "--folder", help="Folder whose free disk space is shown."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Check what this machine can run: Python, torch, CUDA and GPUs, mamba-ssm / causal-conv1d / triton,
+    """Check what this machine can run: Python, torch, CUDA and GPUs, mamba-ssm / triton,
     the selective-scan backend of each device, the recipe's encoder weights, free disk.
 
     Downloads nothing. Ends with what to do about each problem found.

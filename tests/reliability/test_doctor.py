@@ -51,7 +51,7 @@ def test_the_command_prints_the_report_and_valid_json(tmp_path):
     assert as_json.exit_code == 0, as_json.output
     report = json.loads(as_json.stdout)
     assert report["torch"]["cuda_available"] is False and report["packages"]["triton"]["used_for"]
-    assert set(report["packages"]) == {"mamba-ssm", "causal-conv1d", "triton"}
+    assert set(report["packages"]) == {"mamba-ssm", "triton"}
 
 
 def test_a_package_that_does_not_import_is_reported_with_its_error():
@@ -65,7 +65,7 @@ def test_a_gpu_that_falls_back_to_the_torch_scan_is_a_problem_with_the_import_er
     missing = {"importable": False, "version": None, "used_for": "x",
                "error": "ImportError: libcudart.so.12: cannot open shared object file"}
     report = {"torch": {"cuda_available": True, "cuda_build": "12.8"},
-              "packages": {"mamba-ssm": missing, "causal-conv1d": missing,
+              "packages": {"mamba-ssm": missing,
                            "triton": {"importable": True, "version": "3.6.0", "used_for": "x"}},
               "scan_backends": {"cpu": {"training": "torch", "sampling": "torch"},
                                 "cuda:0": {"training": "torch", "sampling": "triton"}},
