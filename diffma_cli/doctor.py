@@ -5,7 +5,8 @@ triton) import (with the error if not), which selective-scan backend each device
 for training and for sampling (`models.ops.selective_scan.resolve_backend`, the function the models call),
 whether a recipe's frozen encoders (VAE, BiomedCLIP) are reachable without a download, and the free disk.
 Nothing is downloaded and no model is built: hub weights are looked up in the local Hugging Face cache only,
-and, unless the hub is off, one TCP connection to the hub's host tells whether a download could work.
+and, when a recipe's encoder would have to be downloaded and the hub is not off, one TCP connection to the
+hub's host tells whether that download could work (a recipe of local or cached encoders opens none).
 
 `diagnose()` returns a JSON-able dict; every problem found is listed under "problems" with what to do.
 """
@@ -17,6 +18,8 @@ import importlib.metadata
 import platform
 import shutil
 import sys
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +118,10 @@ def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> tuple[bool, str]:
         return False, f"{host}:{port}"
 
 
-def _encoder(what: str, source: str, files: tuple, offline: bool, reachable: tuple[bool, str] | None
-             ) -> dict[str, Any]:
-    """Where encoder weights `source` would come from and whether they are there without a download."""
+def _encoder(what: str, source: str, files: tuple, offline: bool,
+             probe_hub: Callable[[], tuple[bool, str]] | None) -> dict[str, Any]:
+    """Where encoder weights `source` would come from and whether they are there without a download;
+    `probe_hub` (None when offline) is called only for weights that would have to be downloaded."""
     from diffma_cli.errors import InputError
     from diffma_cli.models.encoder_source import TINY, source_kind
 
@@ -140,6 +144,7 @@ def _encoder(what: str, source: str, files: tuple, offline: bool, reachable: tup
         return {"source": source, "kind": "hub", "available": False,
                 "detail": "not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE)",
                 "fix": f"{copy_here} (docs/encoders.md)"}
+    reachable = probe_hub() if probe_hub is not None else None
     if reachable is not None and not reachable[0]:
         return {"source": source, "kind": "hub", "available": False,
                 "detail": f"not in the local Hugging Face cache and the hub ({reachable[1]}) cannot be "
@@ -156,13 +161,15 @@ def _encoders(recipe_name: str) -> dict[str, Any]:
 
     recipe = load_recipe(recipe_name)
     offline = offline_requested(True if recipe.encoders.offline else None)
-    reachable = None if offline else hub_reachable()
+    # At most one probe (up to HUB_PROBE_SECONDS behind a silent firewall), and only if a download is needed.
+    probe = None if offline else cache(lambda: hub_reachable())
+    vae = _encoder("VAE", recipe.encoders.vae, VAE_FILES, offline, probe)
+    clip = _encoder("BiomedCLIP", recipe.encoders.clip, (WEIGHTS_FILE, CONFIG_FILE), offline, probe)
+    reachable = probe() if probe is not None and probe.cache_info().currsize else None
     return {"recipe": recipe_name, "hub_offline": offline,
             "hub_reachable": None if reachable is None else reachable[0],
             "hub_host": None if reachable is None else reachable[1],
-            "vae": _encoder("VAE", recipe.encoders.vae, VAE_FILES, offline, reachable),
-            "clip": _encoder("BiomedCLIP", recipe.encoders.clip, (WEIGHTS_FILE, CONFIG_FILE), offline,
-                             reachable)}
+            "vae": vae, "clip": clip}
 
 
 def _problems(report: dict[str, Any]) -> list[dict[str, str]]:
@@ -252,6 +259,8 @@ def report_lines(report: dict[str, Any]) -> list[str]:
                      f"{encoder['source']} [{encoder['kind']}] {state}{detail}"))
     if encoders["hub_offline"]:
         hub = "offline (HF_HUB_OFFLINE or the recipe)"
+    elif encoders["hub_reachable"] is None:
+        hub = "online; not probed (the recipe's encoders need no download)"
     else:
         state = "reachable" if encoders["hub_reachable"] else "NOT reachable"
         hub = f"online; {encoders['hub_host']} {state}"

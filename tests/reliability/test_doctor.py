@@ -130,6 +130,34 @@ def test_hub_probe_opens_a_connection_to_the_endpoint_host(monkeypatch):
     assert doctor.hub_reachable(timeout=2.0) == (False, f"127.0.0.1:{port}")
 
 
+def test_the_hub_is_probed_once_and_only_when_a_download_is_needed(tmp_path, monkeypatch):
+    """A silent firewall costs each probe HUB_PROBE_SECONDS: a recipe of local encoders opens none, a recipe
+    with two encoders to download opens one."""
+    from huggingface_hub import constants
+
+    from diffma_cli.config import apply_overrides, load_recipe, save_recipe
+
+    calls = []
+    monkeypatch.setattr(doctor, "hub_reachable", lambda: calls.append(1) or (False, "huggingface.co:443"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    vae = tmp_path / "vae"
+    vae.mkdir()
+    local = tmp_path / "local.yaml"
+    save_recipe(apply_overrides(load_recipe("demo"), {"encoders.vae": str(vae), "encoders.offline": False}),
+                local)
+    report = doctor.diagnose(str(local), tmp_path)
+    assert calls == [] and not report["encoders"]["hub_offline"]
+    assert report["encoders"]["hub_reachable"] is None
+    (hub_row,) = [line for line in doctor.report_lines(report) if line.startswith("hub ")]
+    assert hub_row.split(maxsplit=1)[1].startswith("online; not probed")
+
+    report = doctor.diagnose("brain", tmp_path)  # the SD VAE and BiomedCLIP, neither cached
+    assert calls == [1] and report["encoders"]["hub_reachable"] is False
+    (hub_row,) = [line for line in doctor.report_lines(report) if line.startswith("hub ")]
+    assert hub_row.split(maxsplit=1)[1] == "online; huggingface.co:443 NOT reachable"
+
+
 def test_local_encoder_paths_are_checked(tmp_path):
     vae = tmp_path / "vae"
     vae.mkdir()
