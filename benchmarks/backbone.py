@@ -136,6 +136,8 @@ def main(argv=None) -> int:
     parser.add_argument("--released", help="checkout of the released DiffMa code to time beside ours")
     parser.add_argument("--scan", choices=["released", "spiral"], help="scan mode of our DiffMa models")
     parser.add_argument("--compile", action="store_true", help="torch.compile our models first")
+    parser.add_argument("--conv", choices=["auto", "torch", "causal_conv1d"], default="auto",
+                        help="convolution backend of our Mamba mixers (diffma_cli/models/ops/causal_conv.py)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--json", help="write all rows to this file")
@@ -146,6 +148,24 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     card = torch.cuda.get_device_name(0)
+    from diffma_cli.models.ops.causal_conv import conv_backend
+
+    with conv_backend(args.conv):
+        rows = run_grid(args, card)
+    header = "| code | model | res | mode | dtype | batch | ms/step | img/s | peak GiB |"
+    print(f"\n{header}   ({card}; conv {args.conv})")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['code']} | {r['model']} | {r['resolution']} | {r['mode']} | {r['dtype']} | "
+              f"{r['batch']} | {r['ms']:.1f} | {r['img_per_s']:.0f} | {r['peak_gib']:.2f} |")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=1)
+    return 0
+
+
+def run_grid(args, card: str) -> list[dict]:
+    """One row per model, resolution, mode, dtype and batch of the command line."""
     rows = []
     builders = [("ours", lambda name, latent: build_ours(name, latent, args.scan))]
     if args.released:
@@ -174,22 +194,14 @@ def main(argv=None) -> int:
                                 torch.cuda.empty_cache()
                             rows.append({"code": code, "model": name, "params_m": round(params, 3),
                                          "resolution": resolution, "mode": mode, "dtype": dtype,
-                                         "batch": batch, **result, "card": card})
+                                         "batch": batch, **result, "card": card, "conv": args.conv})
                             r = rows[-1]
                             print(f"{code:8s} {name:12s} {resolution:4d} {mode:7s} {dtype:4s} b{batch:<3d} "
                                   f"{r['ms']:8.2f} ms {r['img_per_s']:8.0f} img/s {r['peak_gib']:6.2f} GiB",
                                   flush=True)
                 del model
                 torch.cuda.empty_cache()
-    print(f"\n| code | model | res | mode | dtype | batch | ms/step | img/s | peak GiB |   ({card})")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['code']} | {r['model']} | {r['resolution']} | {r['mode']} | {r['dtype']} | "
-              f"{r['batch']} | {r['ms']:.1f} | {r['img_per_s']:.0f} | {r['peak_gib']:.2f} |")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(rows, handle, indent=1)
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

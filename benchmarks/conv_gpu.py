@@ -10,11 +10,13 @@ convolution at about 14 ms of a 115 ms DiffMa-B/2 training step; this script mea
 shapes the mixer calls it with (3 scan orders stacked on the batch: 96 = batch 32, 192 = batch 64,
 24 x 1024 tokens = batch 8 at 512²; Di = 1024, kernel 4):
 
-- `conv1d`: what the mixer runs, `silu(conv1d(x, groups=Di, padding=3)[..., :L])` under bf16 autocast;
+- `conv1d`: what the mixer runs by default, `silu(conv1d(x, groups=Di, padding=3)[..., :L])` (the torch
+  backend of diffma_cli/models/ops/causal_conv.py) under bf16 autocast;
 - `conv1d+compile`: the same under `torch.compile`;
 - `shifted`: the same convolution as K shifted multiply-adds in float32 (no cuDNN; elementwise work that
   is bound by memory traffic), and `shifted+compile`, where the compiler fuses them into one kernel;
-- `causal_conv1d`: causal-conv1d's `causal_conv1d_fn(..., activation="silu")`, when it imports.
+- `causal_conv1d`: causal-conv1d's `causal_conv1d_fn(..., activation="silu")` through the same module's
+  causal_conv1d backend, when it imports.
 
 Inputs: x in bf16 (the in_proj output's dtype under autocast), weight and bias in float32 (the module's).
 "fwd" is a no-grad call, "fwd+bwd" a call plus the gradients of a random cotangent into x, weight and bias.
@@ -31,10 +33,13 @@ import json
 import statistics
 import sys
 import traceback
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from diffma_cli.models.ops.causal_conv import causal_conv1d_kernel, causal_conv_silu
 
 sys.path.insert(0, str(Path(__file__).parent))
 from backbone import time_steps  # noqa: E402  (the timing loop of benchmarks/backbone.py)
@@ -46,9 +51,8 @@ DEVICE = "cuda"
 
 
 def conv_silu(x, weight, bias):
-    """The mixer's convolution (diffma_cli/models/mamba.py): padded both sides, the last K-1 outputs cut."""
-    length = x.shape[-1]
-    return F.silu(F.conv1d(x, weight, bias, padding=weight.shape[-1] - 1, groups=x.shape[1])[..., :length])
+    """What the mixer runs by default: the torch backend of diffma_cli/models/ops/causal_conv.py."""
+    return causal_conv_silu(x, weight, bias, backend="torch")
 
 
 def shifted_silu(x, weight, bias):
@@ -69,12 +73,10 @@ def variants():
         "shifted": shifted_silu,
         "shifted+compile": torch.compile(shifted_silu),
     }
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except Exception as error:  # not built on this machine: the table says so
-        print(f"causal_conv1d does not import: {error}", file=sys.stderr)
-    else:
-        found["causal_conv1d"] = lambda x, w, b: causal_conv1d_fn(x, w.squeeze(1), b, activation="silu")
+    if causal_conv1d_kernel() is None:  # not built on this machine: the table has no such row
+        print("causal_conv1d does not import: no causal_conv1d row", file=sys.stderr)
+    else:  # exactly as the mixer calls it with conv_backend("causal_conv1d")
+        found["causal_conv1d"] = partial(causal_conv_silu, backend="causal_conv1d")
     return found
 
 

@@ -3,16 +3,18 @@
 # docs/quality.md (Table 2), docs/consistency.md and docs/convert.md (20 ODE steps vs 250 ancestral steps),
 # as one background job on one machine with one or more GPUs; the device tool's calls only wait and collect.
 # From the repository root, with .gpu-run/ carrying the SimpleITK, diffusers, importlib_metadata, open_clip,
-# ftfy and wcwidth wheels, the mamba-ssm sdist and ../shared/device/build-cuda-ext.sh:
+# ftfy and wcwidth wheels, the mamba-ssm sdist (and causal-conv1d's for `conv`) and
+# ../shared/device/build-cuda-ext.sh:
 #   setsid nohup bash benchmarks/gpu_all.sh > /tmp/gpu_all.log 2>&1 < /dev/null &
 #   bash benchmarks/gpu_wait.sh 570            # waits, then packs logs and tables into $OUT
 # Knobs (environment):
-#   STAGES        which parts run: setup data speed kernels table consistency backbone512 compile
+#   STAGES        which parts run: setup data speed kernels table consistency backbone512 compile conv
 #                 (default: setup data speed kernels table consistency; `speed` needs two GPUs for its
 #                 torchrun half). `kernels` (GPU tests + scan kernels) starts on the last GPU as soon as
 #                 mamba-ssm is built, beside the data stage when there are several GPUs. `consistency`,
-#                 `backbone512` and `compile` run after Table 2's group on GPU 0, 0 and 1 (or alone
-#                 without `table`).
+#                 `backbone512`, `conv` and `compile` run after Table 2's group on GPU 0, 0, 0 and 1 (or
+#                 alone without `table`). `conv` also builds causal-conv1d in `setup` (its sdist in .gpu-run;
+#                 both builds take about 384 s on 16 cores) and times it against PyTorch's convolution.
 #   TABLE_GROUPS  Table 2 rows, one comma-separated group per GPU (GPU i trains group i, one after another)
 #   TABLE_BUDGET  the budget option of benchmarks/table2.py (default --steps 1000; e.g. --images 96000)
 #   WORK          work folder (default /tmp/diffma-gpu)
@@ -85,6 +87,17 @@ backbone512() {
   mark "backbone 512 rc=$? on GPU $CUDA_VISIBLE_DEVICES"
 }
 
+# Issue 7's causal-conv1d question: the convolution alone, then DiffMa-B/2 with either convolution, one card.
+conv() {
+  timeout 200 python3 benchmarks/conv_gpu.py --json "$logs/conv.json" > "$logs/conv.txt" 2>&1
+  for backend in torch causal_conv1d; do
+    timeout 200 python3 benchmarks/backbone.py --models DiffMa-B/2 --batches 32,64 --resolutions 224,512 \
+      --dtypes bf16 --modes train,forward --repeat 10 --conv "$backend" --json "$logs/backbone-conv-$backend.json" \
+      > "$logs/backbone-conv-$backend.txt" 2>&1
+  done
+  mark "conv on GPU $CUDA_VISIBLE_DEVICES: $(grep -c '^| .*causal_conv1d' "$logs/conv.txt") causal_conv1d rows"
+}
+
 # `training.compile` inside the whole trainer: the same 150 steps of 32, eager and compiled, one card.
 compile_speed() {
   local common=(--recipe brain "${encoders[@]}" --embedder "$work/embedder" --steps 150 --batch-size 32
@@ -104,7 +117,7 @@ fi
 # kernel stage follows it on the last GPU while the data stage still holds GPU 0.
 early_kernels=$(want kernels && [ "$gpus" -gt 1 ] && echo yes)
 (if want setup; then
-   bash .gpu-run/build-cuda-ext.sh > "$logs/build.txt" 2>&1
+   bash .gpu-run/build-cuda-ext.sh $(want conv && echo --causal-conv1d) > "$logs/build.txt" 2>&1
    mark "mamba-ssm: $(tail -1 "$logs/build.txt")"
  fi
  touch "$logs/build.done"
@@ -153,6 +166,7 @@ if want table; then
      if [ "$gpu" = 0 ]; then
        want consistency && consistency
        want backbone512 && backbone512
+       want conv && conv
      fi
      if [ "$gpu" = $(( gpus > 1 ? 1 : 0 )) ]; then want compile && compile_speed; fi) &
     [ "$gpu" = 0 ] && sleep 30  # the first call writes plan.json before the others read it
@@ -164,6 +178,7 @@ else
   export CUDA_VISIBLE_DEVICES=0
   want consistency && consistency
   want backbone512 && backbone512
+  want conv && conv
   want compile && compile_speed
 fi
 wait

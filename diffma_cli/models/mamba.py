@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffma_cli.models.ops.causal_conv import causal_conv_silu
 from diffma_cli.models.ops.selective_scan import selective_scan
 
 #: Mixer defaults of the released code (mamba-ssm's `Mamba` defaults; `block/mamba_block.py`).
@@ -65,7 +66,8 @@ class MultiOrderMamba(nn.Module):
         self.merge = merge
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
-        # Depthwise causal convolution: padded on both sides by PyTorch, the last d_conv−1 outputs cut.
+        # Depthwise causal convolution (+ SiLU), run by ops.causal_conv: this module holds its weight and
+        # bias under the released names; its own padding (both sides) is what the torch backend reproduces.
         self.conv1d = nn.Conv1d(
             self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=True
         )
@@ -143,7 +145,7 @@ class MultiOrderMamba(nn.Module):
         # One copy into the channel-first layout (unit stride along L) that the conv and the scan kernel read.
         xz = xz.view(batch * k, length, 2 * self.d_inner).transpose(1, 2).contiguous()  # (N·K, 2Di, L)
         u, z = xz.chunk(2, dim=1)  # (N·K, Di, L) each, views
-        u = F.silu(self.conv1d(u)[..., :length])  # causal: keep outputs that saw only the past
+        u = causal_conv_silu(u, self.conv1d.weight, self.conv1d.bias)  # outputs that saw only the past
         dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         # W·dtᵀ lands directly in (N·K, Di, L) layout, so the scan needs no copy of delta; bias in the scan.
         delta = torch.matmul(self.dt_proj.weight.to(dt.dtype), dt.transpose(1, 2))

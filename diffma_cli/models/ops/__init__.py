@@ -1,1 +1,1 @@
-"""Operators: the selective scan and its backends."""
+"""Operators: the selective scan and the causal convolution, each with its backends."""

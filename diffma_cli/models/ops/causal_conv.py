@@ -1,0 +1,95 @@
+"""The mixer's depthwise causal convolution followed by SiLU, with interchangeable backends.
+
+    x (batch, Di, L), weight (Di, 1, K), bias (Di,)  ->  SiLU(b + sum_i w_i x_{t-K+1+i})  (batch, Di, L)
+
+(positions before the sequence start read zeros), i.e. Mamba's `conv1d` padded by K-1 and cut to L.
+
+Backends:
+- ``"torch"``: PyTorch's grouped `conv1d` (any device); what every mixer has run so far.
+- ``"causal_conv1d"``: causal-conv1d's fused CUDA kernel (`causal_conv1d_fn`, activation "silu");
+  imported lazily, CUDA tensors only.
+- ``"auto"`` (default): torch; causal_conv1d on CUDA only with CAUSAL_CONV1D_IN_AUTO on.
+
+Force one with `backend=` or, for a whole model, the `conv_backend(name)` context manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from diffma_cli.errors import EnvironmentProblem
+
+BACKENDS = ("auto", "torch", "causal_conv1d")
+#: Whether "auto" picks causal-conv1d's kernel on CUDA when it imports. Off until it is measured against
+#: PyTorch's convolution inside the model (benchmarks/conv_gpu.py and benchmarks/backbone.py --conv;
+#: docs/benchmarks.md): its build never finished in the device time we had.
+CAUSAL_CONV1D_IN_AUTO = False
+
+_forced_backend: str | None = None
+_kernel: Callable | None = None
+_kernel_error: str | None = None
+_kernel_tried = False
+
+
+def causal_conv1d_kernel() -> Callable | None:
+    """causal-conv1d's `causal_conv1d_fn`, or None when it cannot be imported. Imported on first use only
+    (importing diffma never needs it); the result is cached."""
+    global _kernel, _kernel_error, _kernel_tried
+    if not _kernel_tried:
+        _kernel_tried = True
+        try:
+            from causal_conv1d import causal_conv1d_fn
+        except Exception as error:  # ImportError, or OSError/RuntimeError from a broken CUDA extension
+            _kernel_error = f"{type(error).__name__}: {error}"
+        else:
+            _kernel = causal_conv1d_fn
+    return _kernel
+
+
+def resolve_conv_backend(backend: str | None, x: torch.Tensor) -> str:
+    """The concrete backend ("torch" or "causal_conv1d") a call with input x will use."""
+    name = backend or _forced_backend or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown convolution backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        use_kernel = CAUSAL_CONV1D_IN_AUTO and x.is_cuda and causal_conv1d_kernel() is not None
+        return "causal_conv1d" if use_kernel else "torch"
+    if name == "causal_conv1d":
+        if causal_conv1d_kernel() is None:
+            raise EnvironmentProblem(
+                "the causal_conv1d convolution backend was requested but cannot be imported "
+                f"({_kernel_error})",
+                hint="install causal-conv1d built for this torch and CUDA, or use the 'torch' backend",
+            )
+        if not x.is_cuda:
+            raise EnvironmentProblem("the causal_conv1d convolution backend needs CUDA tensors",
+                                     hint="move the model to a GPU or use the 'torch' backend")
+    return name
+
+
+@contextlib.contextmanager
+def conv_backend(name: str) -> Iterator[None]:
+    """Use backend `name` for every `causal_conv_silu` call without an explicit backend inside the block."""
+    global _forced_backend
+    if name not in BACKENDS:
+        raise ValueError(f"unknown convolution backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    previous, _forced_backend = _forced_backend, name
+    try:
+        yield
+    finally:
+        _forced_backend = previous
+
+
+def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     backend: str | None = None) -> torch.Tensor:
+    """SiLU of the depthwise causal convolution (module docstring) on the chosen backend."""
+    if resolve_conv_backend(backend, x) == "causal_conv1d":
+        # The kernel reads the weight as (Di, K) and, under autocast, bf16 x with float32 weights as
+        # mamba-ssm's own Mamba layer calls it.
+        return causal_conv1d_kernel()(x, weight.squeeze(1), bias, activation="silu")
+    length = x.shape[-1]
+    return F.silu(F.conv1d(x, weight, bias, padding=weight.shape[-1] - 1, groups=x.shape[1])[..., :length])
