@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from diffma_cli.errors import EnvironmentProblem
 from diffma_cli.models.ops import causal_conv
 from diffma_cli.models.ops.causal_conv import causal_conv_silu, conv_backend, resolve_conv_backend
+from diffma_cli.models.ops.dispatch import OptionalImport
 
 
 def by_definition(x, weight, bias):
@@ -50,12 +51,14 @@ def test_auto_keeps_the_torch_convolution_on_a_cpu_and_until_the_kernel_is_measu
 
 def test_a_forced_kernel_that_cannot_run_is_an_environment_problem(monkeypatch):
     x = torch.zeros(1, 2, 3)
-    monkeypatch.setattr(causal_conv, "_kernel_tried", True)
-    monkeypatch.setattr(causal_conv, "_kernel", None)
-    monkeypatch.setattr(causal_conv, "_kernel_error", "ModuleNotFoundError: No module named 'causal_conv1d'")
-    with pytest.raises(EnvironmentProblem, match="cannot be imported .*No module named 'causal_conv1d'"):
+    def not_installed():
+        import causal_conv1d_not_installed  # noqa: F401
+
+    monkeypatch.setattr(causal_conv, "causal_conv1d_kernel", OptionalImport(not_installed))
+    with pytest.raises(EnvironmentProblem, match="cannot be imported .*'causal_conv1d_not_installed'"):
         causal_conv_silu(x, torch.zeros(2, 1, 4), None, backend="causal_conv1d")
-    monkeypatch.setattr(causal_conv, "_kernel", lambda *args, **kwargs: pytest.fail("must not be called"))
+    kernel = OptionalImport(lambda: lambda *args, **kwargs: pytest.fail("must not be called on a CPU"))
+    monkeypatch.setattr(causal_conv, "causal_conv1d_kernel", kernel)
     with conv_backend("causal_conv1d"), pytest.raises(EnvironmentProblem, match="needs CUDA tensors"):
         causal_conv_silu(x, torch.zeros(2, 1, 4), None)
     assert resolve_conv_backend(None, x) == "torch"  # the context manager restored "auto"

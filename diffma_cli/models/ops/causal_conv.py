@@ -16,12 +16,13 @@ Force one with `backend=` or, for a whole model, the `conv_backend(name)` contex
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from diffma_cli.errors import EnvironmentProblem
+from diffma_cli.models.ops.dispatch import BackendChoice, OptionalImport
 
 BACKENDS = ("auto", "torch", "causal_conv1d")
 #: Whether "auto" picks causal-conv1d's kernel on CUDA when it imports. Off until it is measured against
@@ -29,32 +30,22 @@ BACKENDS = ("auto", "torch", "causal_conv1d")
 #: docs/benchmarks.md): its build never finished in the device time we had.
 CAUSAL_CONV1D_IN_AUTO = False
 
-_forced_backend: str | None = None
-_kernel: Callable | None = None
-_kernel_error: str | None = None
-_kernel_tried = False
+_choice = BackendChoice("convolution", BACKENDS)
 
 
-def causal_conv1d_kernel() -> Callable | None:
-    """causal-conv1d's `causal_conv1d_fn`, or None when it cannot be imported. Imported on first use only
-    (importing diffma never needs it); the result is cached."""
-    global _kernel, _kernel_error, _kernel_tried
-    if not _kernel_tried:
-        _kernel_tried = True
-        try:
-            from causal_conv1d import causal_conv1d_fn
-        except Exception as error:  # ImportError, or OSError/RuntimeError from a broken CUDA extension
-            _kernel_error = f"{type(error).__name__}: {error}"
-        else:
-            _kernel = causal_conv1d_fn
-    return _kernel
+def _load_kernel() -> Callable:
+    from causal_conv1d import causal_conv1d_fn
+
+    return causal_conv1d_fn
+
+
+#: causal-conv1d's `causal_conv1d_fn`, or None when it cannot be imported: call it.
+causal_conv1d_kernel = OptionalImport(_load_kernel)
 
 
 def resolve_conv_backend(backend: str | None, x: torch.Tensor) -> str:
     """The concrete backend ("torch" or "causal_conv1d") a call with input x will use."""
-    name = backend or _forced_backend or "auto"
-    if name not in BACKENDS:
-        raise ValueError(f"unknown convolution backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    name = _choice.requested(backend)
     if name == "auto":
         use_kernel = CAUSAL_CONV1D_IN_AUTO and x.is_cuda and causal_conv1d_kernel() is not None
         return "causal_conv1d" if use_kernel else "torch"
@@ -62,7 +53,7 @@ def resolve_conv_backend(backend: str | None, x: torch.Tensor) -> str:
         if causal_conv1d_kernel() is None:
             raise EnvironmentProblem(
                 "the causal_conv1d convolution backend was requested but cannot be imported "
-                f"({_kernel_error})",
+                f"({causal_conv1d_kernel.error})",
                 hint="install causal-conv1d built for this torch and CUDA, or use the 'torch' backend",
             )
         if not x.is_cuda:
@@ -71,17 +62,9 @@ def resolve_conv_backend(backend: str | None, x: torch.Tensor) -> str:
     return name
 
 
-@contextlib.contextmanager
-def conv_backend(name: str) -> Iterator[None]:
+def conv_backend(name: str) -> contextlib.AbstractContextManager[None]:
     """Use backend `name` for every `causal_conv_silu` call without an explicit backend inside the block."""
-    global _forced_backend
-    if name not in BACKENDS:
-        raise ValueError(f"unknown convolution backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    previous, _forced_backend = _forced_backend, name
-    try:
-        yield
-    finally:
-        _forced_backend = previous
+    return _choice.force(name)
 
 
 def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

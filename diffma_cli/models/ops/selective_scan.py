@@ -27,12 +27,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from diffma_cli.errors import EnvironmentProblem
+from diffma_cli.models.ops.dispatch import BackendChoice, OptionalImport
 
 BACKENDS = ("auto", "mamba_ssm", "triton", "torch", "reference")
 #: Input dtypes the Triton kernel reads (it computes in float32); float64 stays on the other backends.
@@ -45,13 +46,7 @@ TRITON_IN_AUTO = False
 #: Whether "auto" also trains with the Triton kernels (else mamba_ssm's backward when a gradient is needed).
 TRITON_FOR_TRAINING = True
 
-_forced_backend: str | None = None
-_mamba_ssm_fn: Callable | None = None
-_mamba_ssm_error: str | None = None
-_mamba_ssm_tried = False
-_triton_fn: Callable | None = None
-_triton_error: str | None = None
-_triton_tried = False
+_choice = BackendChoice("selective-scan", BACKENDS)
 
 
 def _compute_dtype(u: torch.Tensor) -> torch.dtype:
@@ -164,36 +159,22 @@ def selective_scan_blocked(
     return _finish(torch.cat(ys).permute(1, 2, 0), u, D, z, dtype_in)  # (batch, Di, L)
 
 
-def mamba_ssm_scan_fn() -> Callable | None:
-    """mamba-ssm's `selective_scan_fn`, or None when it cannot be imported (no CUDA build, no package).
+def _load_mamba_ssm() -> Callable:
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
-    Imported on first use only, so importing diffma never needs mamba-ssm; the result is cached.
-    """
-    global _mamba_ssm_fn, _mamba_ssm_error, _mamba_ssm_tried
-    if not _mamba_ssm_tried:
-        _mamba_ssm_tried = True
-        try:
-            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-        except Exception as error:  # ImportError, or OSError/RuntimeError from a broken CUDA extension
-            _mamba_ssm_error = f"{type(error).__name__}: {error}"
-        else:
-            _mamba_ssm_fn = selective_scan_fn
-    return _mamba_ssm_fn
+    return selective_scan_fn
 
 
-def triton_scan_fn() -> Callable | None:
-    """Our Triton scan (`selective_scan_triton.selective_scan_triton`, differentiable), or None when triton
-    cannot be imported. Imported on first use only (importing diffma never needs triton); cached."""
-    global _triton_fn, _triton_error, _triton_tried
-    if not _triton_tried:
-        _triton_tried = True
-        try:
-            from diffma_cli.models.ops.selective_scan_triton import selective_scan_triton
-        except Exception as error:  # ImportError, or a triton install broken for this platform
-            _triton_error = f"{type(error).__name__}: {error}"
-        else:
-            _triton_fn = selective_scan_triton
-    return _triton_fn
+def _load_triton() -> Callable:
+    from diffma_cli.models.ops.selective_scan_triton import selective_scan_triton
+
+    return selective_scan_triton
+
+
+#: mamba-ssm's `selective_scan_fn`, or None when it cannot be imported (no CUDA build, no package): call it.
+mamba_ssm_scan_fn = OptionalImport(_load_mamba_ssm)
+#: Our Triton scan (`selective_scan_triton`, differentiable), or None when triton cannot be imported.
+triton_scan_fn = OptionalImport(_load_triton)
 
 
 def _triton_interpreting() -> bool:
@@ -209,9 +190,7 @@ def needs_grad(*tensors: torch.Tensor | None) -> bool:
 def resolve_backend(backend: str | None, u: torch.Tensor, grad: bool = False) -> str:
     """The concrete backend ("mamba_ssm", "triton", "torch" or "reference") a call with tensor u will use;
     `grad`: whether the call needs a backward (see TRITON_FOR_TRAINING)."""
-    name = backend or _forced_backend or "auto"
-    if name not in BACKENDS:
-        raise ValueError(f"unknown selective-scan backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    name = _choice.requested(backend)
     if name == "auto":
         if not u.is_cuda:
             return "torch"
@@ -222,7 +201,7 @@ def resolve_backend(backend: str | None, u: torch.Tensor, grad: bool = False) ->
     if name == "triton":
         if triton_scan_fn() is None:
             raise EnvironmentProblem(f"the triton selective-scan backend was requested but triton cannot be "
-                                     f"imported ({_triton_error})",
+                                     f"imported ({triton_scan_fn.error})",
                                      hint="install triton, or use 'auto'; `diffma doctor` shows what imports")
         if not (u.is_cuda or _triton_interpreting()):
             raise EnvironmentProblem("the triton selective-scan backend needs CUDA tensors",
@@ -234,7 +213,7 @@ def resolve_backend(backend: str | None, u: torch.Tensor, grad: bool = False) ->
         if mamba_ssm_scan_fn() is None:
             raise EnvironmentProblem(
                 "the mamba_ssm selective-scan backend was requested but cannot be imported "
-                f"({_mamba_ssm_error})",
+                f"({mamba_ssm_scan_fn.error})",
                 hint="install mamba-ssm built for this torch and CUDA, or use the 'torch' backend; "
                      "`diffma doctor` shows the import error and versions",
             )
@@ -244,17 +223,9 @@ def resolve_backend(backend: str | None, u: torch.Tensor, grad: bool = False) ->
     return name
 
 
-@contextlib.contextmanager
-def scan_backend(name: str) -> Iterator[None]:
+def scan_backend(name: str) -> contextlib.AbstractContextManager[None]:
     """Use backend `name` for every `selective_scan` call without an explicit backend inside the block."""
-    global _forced_backend
-    if name not in BACKENDS:
-        raise ValueError(f"unknown selective-scan backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    previous, _forced_backend = _forced_backend, name
-    try:
-        yield
-    finally:
-        _forced_backend = previous
+    return _choice.force(name)
 
 
 def selective_scan(
