@@ -9,6 +9,7 @@
 #   bash benchmarks/gpu_wait.sh 570            # waits, then packs logs and tables into $OUT
 # Knobs (environment):
 #   STAGES        which parts run: setup data speed kernels table consistency backbone512 compile conv
+#                 backbone512fp32
 #                 (default: setup data speed kernels table consistency; `speed` needs two GPUs for its
 #                 torchrun half). `kernels` (GPU tests + scan kernels) starts on the last GPU as soon as
 #                 mamba-ssm is built, beside the data stage when there are several GPUs. `consistency`,
@@ -85,6 +86,15 @@ backbone512() {
     --dtypes bf16 --modes train,forward --repeat 10 --json "$logs/backbone512.json" \
     > "$logs/backbone512.txt" 2>&1
   mark "backbone 512 rc=$? on GPU $CUDA_VISIBLE_DEVICES"
+}
+
+# The fp32 column of the 512² rows (session 3 ran bf16 only); rows that run out of memory say so.
+backbone512fp32() {
+  timeout 500 python3 benchmarks/backbone.py \
+    --models DiffMa-B/2,DiT-B/2,ZigMa-BL/2,VMamba-BL/2 --batches 8,32,64 --resolutions 512 \
+    --dtypes fp32 --modes train,forward --repeat 10 --json "$logs/backbone512-fp32.json" \
+    > "$logs/backbone512-fp32.txt" 2>&1
+  mark "backbone 512 fp32 rc=$? on GPU $CUDA_VISIBLE_DEVICES"
 }
 
 # Issue 7's causal-conv1d question: the convolution alone, then DiffMa-B/2 with either convolution, one card.
@@ -167,6 +177,7 @@ if want table; then
        want consistency && consistency
        want backbone512 && backbone512
        want conv && conv
+       want backbone512fp32 && backbone512fp32
      fi
      if [ "$gpu" = $(( gpus > 1 ? 1 : 0 )) ]; then want compile && compile_speed; fi) &
     [ "$gpu" = 0 ] && sleep 30  # the first call writes plan.json before the others read it
@@ -179,6 +190,7 @@ else
   want consistency && consistency
   want backbone512 && backbone512
   want conv && conv
+  want backbone512fp32 && backbone512fp32
   want compile && compile_speed
 fi
 wait
