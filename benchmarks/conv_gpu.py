@@ -19,6 +19,9 @@ shapes the mixer calls it with (3 scan orders stacked on the batch: 96 = batch 3
   causal_conv1d backend, when it imports.
 
 Inputs: x in bf16 (the in_proj output's dtype under autocast), weight and bias in float32 (the module's).
+By default x has the mixer's layout, the first half of a (batch, 2·Di, L) tensor along the channels (its
+`xz.chunk(2, dim=1)`): unit stride along L but not contiguous, which costs PyTorch's convolution more than
+causal-conv1d's kernel; `--layout contiguous` gives a contiguous x (the first session's table).
 "fwd" is a no-grad call, "fwd+bwd" a call plus the gradients of a random cotangent into x, weight and bias.
 CUDA events around each call after warm-up, median of --repeat (benchmarks/backbone.py's loop). Errors:
 max |out - ref| / max |ref| against float64 on the same (bf16-rounded) inputs, and the worst of the three
@@ -80,9 +83,10 @@ def variants():
     return found
 
 
-def make_inputs(batch, dim, length, seed=0):
+def make_inputs(batch, dim, length, layout="mixer", seed=0):
     g = torch.Generator(device=DEVICE).manual_seed(seed)
-    x = torch.randn(batch, dim, length, device=DEVICE, generator=g).to(torch.bfloat16)
+    channels = 2 * dim if layout == "mixer" else dim
+    x = torch.randn(batch, channels, length, device=DEVICE, generator=g).to(torch.bfloat16)[:, :dim]
     weight = torch.randn(dim, 1, KERNEL, device=DEVICE, generator=g) * 0.5
     bias = torch.randn(dim, device=DEVICE, generator=g) * 0.1
     grad = torch.randn(batch, dim, length, device=DEVICE, generator=g).to(torch.bfloat16)
@@ -93,9 +97,15 @@ def rel_err(value, ref):
     return ((value.double() - ref).abs().max() / ref.abs().max()).item()
 
 
+def leaf_like(t):
+    """A leaf with t's values and strides (`clone` would make a non-dense view contiguous)."""
+    leaf = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+    return leaf.copy_(t).requires_grad_(True)
+
+
 def measure(name, fn, x, weight, bias, grad, reference, warmup, repeat):
     autocast = torch.autocast(DEVICE, dtype=torch.bfloat16)
-    leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight, bias)]
+    leaves = [leaf_like(t) for t in (x, weight, bias)]
 
     def forward():
         with torch.no_grad(), autocast:
@@ -132,18 +142,20 @@ def float64_reference(x, weight, bias, grad):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default=SHAPES, help="batch x Di x L, comma-separated")
+    parser.add_argument("--layout", choices=["mixer", "contiguous"], default="mixer",
+                        help="x as the mixer's channel half of in_proj's output (a view), or contiguous")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
 
     card = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
-    print(f"# {card}; torch {torch.__version__}; {datetime.date.today()}")
+    print(f"# {card}; torch {torch.__version__}; {datetime.date.today()}; x layout {args.layout}")
     rows = []
     fns = variants()
     for shape in args.shapes.split(","):
         batch, dim, length = (int(v) for v in shape.split("x"))
-        x, weight, bias, grad = make_inputs(batch, dim, length)
+        x, weight, bias, grad = make_inputs(batch, dim, length, args.layout)
         reference = float64_reference(x, weight, bias, grad)
         for name, fn in fns.items():
             try:
@@ -169,7 +181,8 @@ def main(argv=None):
                 f"{r['out_rel_err']:.2e} | {r['grad_rel_err']:.2e} | out {r['out_dtype']} |"
             )
     if args.json:
-        args.json.write_text(json.dumps({"card": card, "torch": torch.__version__, "rows": rows}, indent=1))
+        summary = {"card": card, "torch": torch.__version__, "layout": args.layout, "rows": rows}
+        args.json.write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """`diffma doctor`: what this machine can run, and what to do about what it cannot.
 
 It reports Python, torch and CUDA versions, the GPUs, whether the optional fast packages (mamba-ssm,
-triton) import (with the error if not), which selective-scan backend each device will use
-for training and for sampling (`models.ops.selective_scan.resolve_backend`, the function the models call),
+triton, causal-conv1d) import (with the error if not), which selective-scan backend each device will use
+for training and for sampling (`models.ops.selective_scan.resolve_backend`, the function the models call)
+and which convolution backend (`models.ops.causal_conv.resolve_conv_backend`),
 whether a recipe's frozen encoders (VAE, BiomedCLIP) are reachable without a download, and the free disk.
 Nothing is downloaded and no model is built: hub weights are looked up in the local Hugging Face cache only,
 and, when a recipe's encoder would have to be downloaded and the hub is not off, one TCP connection to the
@@ -30,15 +31,16 @@ LOW_DISK_GIB = 10.0
 # out at all; a connection that neither opens nor fails (a silent firewall) must not hang doctor.
 HUB_PROBE_SECONDS = 3.0
 
-# The optional packages of the GPU fast path: import name, distribution name, what uses it. causal-conv1d
-# is not among them: our mixers run PyTorch's depthwise convolution (its fused kernel is not measured yet,
-# docs/benchmarks.md), so it would cost a long CUDA build for nothing.
+# The optional packages of the GPU fast path: import name, distribution name, what uses it.
 FAST_PACKAGES = [
     ("mamba_ssm", "mamba-ssm", "the CUDA selective-scan kernel (training on a GPU)"),
     ("triton", "triton", "our Triton selective-scan kernel (opt-in: backend=\"triton\")"),
+    ("causal_conv1d", "causal-conv1d", "the fused convolution + SiLU of our mixers on a GPU"),
 ]
-INSTALL_FAST_PATH = ("pip install mamba-ssm --no-build-isolation (built against this torch "
+INSTALL_FAST_PATH = ("pip install mamba-ssm causal-conv1d --no-build-isolation (built against this torch "
                      "and CUDA; see docs/troubleshooting.md)")
+INSTALL_FUSED_CONV = ("pip install causal-conv1d --no-build-isolation (built against this torch and CUDA; "
+                      "see docs/troubleshooting.md)")
 
 # Files a hub source needs in the local cache: the diffusers VAE folder, open_clip's BiomedCLIP repo.
 VAE_FILES = ("config.json", ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"))
@@ -84,6 +86,14 @@ def _scan_backends(torch, gpus: list[dict]) -> dict[str, dict[str, str]]:
         backends[device] = {"training": resolve_backend(None, u, grad=True),
                             "sampling": resolve_backend(None, u, grad=False)}
     return backends
+
+
+def _conv_backends(torch, gpus: list[dict]) -> dict[str, str]:
+    """The mixers' convolution backend per device (bf16 input on a GPU, as under autocast)."""
+    from diffma_cli.models.ops.causal_conv import resolve_conv_backend
+
+    devices = ["cpu"] + [f"cuda:{gpu['index']}" for gpu in gpus]
+    return {device: resolve_conv_backend(None, torch.zeros(1, 1, 1, device=device)) for device in devices}
 
 
 def _hub_file(hub_id: str, names: str | tuple[str, ...]) -> str | None:
@@ -192,6 +202,16 @@ def _problems(report: dict[str, Any]) -> list[dict[str, str]]:
             problems.append({"what": f"the slow PyTorch selective scan will run on {', '.join(slow)}"
                                      + (f" ({why})" if why else ""),
                              "fix": INSTALL_FAST_PATH})
+        # With a fast scan, the unfused convolution is what is left: about 15 % of a DiffMa-B/2 training
+        # step at 512² on an H100 (docs/benchmarks.md). Without one, the advice above installs both.
+        unfused = [device for device, backend in report["conv_backends"].items()
+                   if device != "cpu" and backend == "torch"]
+        conv_package = packages.get("causal-conv1d", {})
+        if unfused and not slow:
+            why = f" (causal-conv1d: {conv_package['error']})" if conv_package.get("error") else ""
+            problems.append({"what": f"PyTorch's unfused convolution will run on {', '.join(unfused)}{why}: "
+                                     "DiffMa trains about 15 % slower at 512² (optional)",
+                             "fix": INSTALL_FUSED_CONV})
     for what, label in (("vae", "VAE"), ("clip", "BiomedCLIP")):
         encoder = report["encoders"][what]
         if not encoder["available"]:
@@ -224,6 +244,7 @@ def diagnose(recipe: str = "brain", folder: str | Path = ".") -> dict[str, Any]:
         "packages": {distribution: _package(module, distribution, used_for)
                      for module, distribution, used_for in FAST_PACKAGES},
         "scan_backends": _scan_backends(torch, gpus),
+        "conv_backends": _conv_backends(torch, gpus),
         "encoders": _encoders(recipe),
         "disk": {"folder": str(Path(folder).resolve()),
                  "free_gib": round(shutil.disk_usage(folder).free / 2**30, 1)},
@@ -250,6 +271,8 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     for device, backends in report["scan_backends"].items():
         rows.append((f"scan on {device}",
                      f"training: {backends['training']}, sampling: {backends['sampling']}"))
+    for device, backend in report["conv_backends"].items():
+        rows.append((f"conv on {device}", backend))
     encoders = report["encoders"]
     for what, label in (("vae", "VAE"), ("clip", "BiomedCLIP")):
         encoder = encoders[what]

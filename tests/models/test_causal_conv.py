@@ -1,6 +1,9 @@
 """ops.causal_conv: the torch backend is the convolution as defined (a hand-written sum, float64, with
-gradients), "auto" keeps it until causal-conv1d is measured, and a forced kernel that cannot run says why.
-On CUDA with causal-conv1d installed, the kernel is compared with the torch backend in tests/gpu."""
+gradients), "auto" takes causal-conv1d's kernel only for CUDA tensors when it imports, and a forced kernel
+that cannot run says why. On CUDA with causal-conv1d installed, the kernel is compared with the torch
+backend in tests/gpu."""
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -40,13 +43,22 @@ def test_torch_backend_is_the_convolution_by_definition_with_gradients():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_auto_keeps_the_torch_convolution_on_a_cpu_and_until_the_kernel_is_measured(monkeypatch):
-    x = torch.zeros(1, 2, 3)
-    assert resolve_conv_backend(None, x) == "torch"
+def test_auto_picks_the_kernel_for_cuda_tensors_when_it_imports(monkeypatch):
+    cpu = torch.zeros(1, 2, 3)
+    cuda = SimpleNamespace(is_cuda=True)  # all resolve_conv_backend reads of x; no GPU here
+    installed = OptionalImport(lambda: lambda *args, **kwargs: None)
+    missing = OptionalImport(lambda: __import__("causal_conv1d_not_installed"))
+    monkeypatch.setattr(causal_conv, "causal_conv1d_kernel", installed)
+    assert resolve_conv_backend(None, cuda) == "causal_conv1d"
+    assert resolve_conv_backend("torch", cuda) == "torch"
+    assert resolve_conv_backend(None, cpu) == "torch"  # the kernel runs on CUDA tensors only
+    monkeypatch.setattr(causal_conv, "CAUSAL_CONV1D_IN_AUTO", False)
+    assert resolve_conv_backend(None, cuda) == "torch"
     monkeypatch.setattr(causal_conv, "CAUSAL_CONV1D_IN_AUTO", True)
-    assert resolve_conv_backend(None, x) == "torch"  # the kernel runs on CUDA tensors only
+    monkeypatch.setattr(causal_conv, "causal_conv1d_kernel", missing)
+    assert resolve_conv_backend(None, cuda) == "torch"  # not installed: no error, PyTorch's convolution
     with pytest.raises(ValueError, match="unknown convolution backend 'cudnn'"):
-        resolve_conv_backend("cudnn", x)
+        resolve_conv_backend("cudnn", cpu)
 
 
 def test_a_forced_kernel_that_cannot_run_is_an_environment_problem(monkeypatch):

@@ -59,3 +59,16 @@ def test_cpu_run_prints_a_row_per_variant(monkeypatch, capsys):
         assert fwd == fwdbwd == 2.0  # the median of the timer's values
         assert 0 < out_err < 1e-2 and 0 < grad_err < 1e-2  # bf16 rounding against float64, not zero
     assert calls == [3, 3, 3, 3]
+
+
+def test_default_input_has_the_mixers_layout_and_the_leaves_keep_it(monkeypatch):
+    """The mixer convolves the channel half of in_proj's output, a non-contiguous view (unit stride along
+    L), slower for PyTorch's convolution than a contiguous tensor: the benchmark must time that layout."""
+    bench = load_benchmark()
+    monkeypatch.setattr(bench, "DEVICE", "cpu")
+    x = bench.make_inputs(2, 8, 7)[0]
+    assert x.shape == (2, 8, 7) and x.stride() == (16 * 7, 7, 1) and not x.is_contiguous()
+    leaf = bench.leaf_like(x)
+    assert leaf.stride() == x.stride() and leaf.requires_grad and leaf.is_leaf
+    assert torch.equal(leaf.detach(), x)
+    assert bench.make_inputs(2, 8, 7, layout="contiguous")[0].is_contiguous()

@@ -35,6 +35,7 @@ def test_on_a_cpu_it_reports_no_cuda_and_the_torch_scan(tmp_path):
     assert report["gpus"] == []
     # The backend the models would use, asked of the same function they call.
     assert report["scan_backends"] == {"cpu": {"training": "torch", "sampling": "torch"}}
+    assert report["conv_backends"] == {"cpu": "torch"}
     assert report["encoders"]["vae"] == {"source": "tiny", "kind": "built in", "available": True}
     assert report["disk"]["folder"] == str(tmp_path.resolve()) and report["disk"]["free_gib"] > 0
     assert [p["what"].split(":")[0] for p in report["problems"]] == ["no CUDA GPU"]
@@ -51,7 +52,8 @@ def test_the_command_prints_the_report_and_valid_json(tmp_path):
     assert as_json.exit_code == 0, as_json.output
     report = json.loads(as_json.stdout)
     assert report["torch"]["cuda_available"] is False and report["packages"]["triton"]["used_for"]
-    assert set(report["packages"]) == {"mamba-ssm", "triton"}
+    assert set(report["packages"]) == {"mamba-ssm", "triton", "causal-conv1d"}
+    assert "conv on cpu" in text.stdout
 
 
 def test_a_package_that_does_not_import_is_reported_with_its_error():
@@ -69,6 +71,7 @@ def test_a_gpu_that_falls_back_to_the_torch_scan_is_a_problem_with_the_import_er
                            "triton": {"importable": True, "version": "3.6.0", "used_for": "x"}},
               "scan_backends": {"cpu": {"training": "torch", "sampling": "torch"},
                                 "cuda:0": {"training": "torch", "sampling": "triton"}},
+              "conv_backends": {"cpu": "torch", "cuda:0": "causal_conv1d"},
               "encoders": {"recipe": "demo", "vae": {"available": True}, "clip": {"available": True}},
               "disk": {"folder": "/data", "free_gib": 500.0}}
     (problem,) = doctor._problems(report)
@@ -78,6 +81,26 @@ def test_a_gpu_that_falls_back_to_the_torch_scan_is_a_problem_with_the_import_er
     report["disk"]["free_gib"] = 2.0
     (problem,) = doctor._problems(report)
     assert problem["what"] == "only 2.0 GiB free in /data"
+
+
+def test_a_gpu_with_a_fast_scan_but_the_unfused_convolution_gets_the_optional_advice():
+    unfused = {"importable": False, "version": None, "used_for": "x",
+               "error": "ModuleNotFoundError: No module named 'causal_conv1d'"}
+    report = {"torch": {"cuda_available": True, "cuda_build": "12.8"},
+              "packages": {"mamba-ssm": {"importable": True, "version": "2.3.2", "used_for": "x"},
+                           "causal-conv1d": unfused},
+              "scan_backends": {"cpu": {"training": "torch", "sampling": "torch"},
+                                "cuda:0": {"training": "mamba_ssm", "sampling": "mamba_ssm"}},
+              "conv_backends": {"cpu": "torch", "cuda:0": "torch"},
+              "encoders": {"recipe": "demo", "vae": {"available": True}, "clip": {"available": True}},
+              "disk": {"folder": "/data", "free_gib": 500.0}}
+    (problem,) = doctor._problems(report)
+    assert "unfused convolution will run on cuda:0 (causal-conv1d: ModuleNotFoundError" in problem["what"]
+    assert "(optional)" in problem["what"] and problem["fix"].startswith("pip install causal-conv1d")
+    # Without the scan kernel the scan's advice installs both: one problem, not two.
+    report["scan_backends"]["cuda:0"]["training"] = "torch"
+    (problem,) = doctor._problems(report)
+    assert "selective scan" in problem["what"] and "mamba-ssm causal-conv1d" in problem["fix"]
 
 
 def test_hub_weights_are_looked_up_in_the_local_cache_only(tmp_path, monkeypatch):
