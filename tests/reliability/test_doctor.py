@@ -62,18 +62,23 @@ def test_a_package_that_does_not_import_is_reported_with_its_error():
                      "error": "ModuleNotFoundError: No module named 'diffma_no_such_module'"}
 
 
+def gpu_report(packages, cuda_scan, cuda_conv):
+    """A report as doctor builds it on a machine with one GPU, the encoders there and plenty of disk."""
+    return {"torch": {"cuda_available": True, "cuda_build": "12.8"},
+            "packages": packages,
+            "scan_backends": {"cpu": {"training": "torch", "sampling": "torch"}, "cuda:0": cuda_scan},
+            "conv_backends": {"cpu": "torch", "cuda:0": cuda_conv},
+            "encoders": {"recipe": "demo", "vae": {"available": True}, "clip": {"available": True}},
+            "disk": {"folder": "/data", "free_gib": 500.0}}
+
+
 def test_a_gpu_that_falls_back_to_the_torch_scan_is_a_problem_with_the_import_error():
     """The GPU branch of the advice, from a report as doctor builds it on a GPU machine without mamba-ssm."""
     missing = {"importable": False, "version": None, "used_for": "x",
                "error": "ImportError: libcudart.so.12: cannot open shared object file"}
-    report = {"torch": {"cuda_available": True, "cuda_build": "12.8"},
-              "packages": {"mamba-ssm": missing,
-                           "triton": {"importable": True, "version": "3.6.0", "used_for": "x"}},
-              "scan_backends": {"cpu": {"training": "torch", "sampling": "torch"},
-                                "cuda:0": {"training": "torch", "sampling": "triton"}},
-              "conv_backends": {"cpu": "torch", "cuda:0": "causal_conv1d"},
-              "encoders": {"recipe": "demo", "vae": {"available": True}, "clip": {"available": True}},
-              "disk": {"folder": "/data", "free_gib": 500.0}}
+    triton = {"importable": True, "version": "3.6.0", "used_for": "x"}
+    report = gpu_report({"mamba-ssm": missing, "triton": triton},
+                        cuda_scan={"training": "torch", "sampling": "triton"}, cuda_conv="causal_conv1d")
     (problem,) = doctor._problems(report)
     assert "cuda:0 (training)" in problem["what"] and "cuda:0 (sampling)" not in problem["what"]
     assert "mamba-ssm: ImportError: libcudart.so.12" in problem["what"] and "mamba-ssm" in problem["fix"]
@@ -86,14 +91,9 @@ def test_a_gpu_that_falls_back_to_the_torch_scan_is_a_problem_with_the_import_er
 def test_a_gpu_with_a_fast_scan_but_the_unfused_convolution_gets_the_optional_advice():
     unfused = {"importable": False, "version": None, "used_for": "x",
                "error": "ModuleNotFoundError: No module named 'causal_conv1d'"}
-    report = {"torch": {"cuda_available": True, "cuda_build": "12.8"},
-              "packages": {"mamba-ssm": {"importable": True, "version": "2.3.2", "used_for": "x"},
-                           "causal-conv1d": unfused},
-              "scan_backends": {"cpu": {"training": "torch", "sampling": "torch"},
-                                "cuda:0": {"training": "mamba_ssm", "sampling": "mamba_ssm"}},
-              "conv_backends": {"cpu": "torch", "cuda:0": "torch"},
-              "encoders": {"recipe": "demo", "vae": {"available": True}, "clip": {"available": True}},
-              "disk": {"folder": "/data", "free_gib": 500.0}}
+    report = gpu_report({"mamba-ssm": {"importable": True, "version": "2.3.2", "used_for": "x"},
+                         "causal-conv1d": unfused},
+                        cuda_scan={"training": "mamba_ssm", "sampling": "mamba_ssm"}, cuda_conv="torch")
     (problem,) = doctor._problems(report)
     assert "unfused convolution will run on cuda:0 (causal-conv1d: ModuleNotFoundError" in problem["what"]
     assert "(optional)" in problem["what"] and problem["fix"].startswith("pip install causal-conv1d")
