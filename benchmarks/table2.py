@@ -377,7 +377,8 @@ def table_row(out: Path, key: str) -> dict:
            "seconds_per_volume": mean_std(list(converted["seconds_per_volume"].values())),
            "cases": len(metrics["cases"]),
            "metrics": {name: metrics["summary"][name] for name, _, _ in METRICS},
-           "files": {"metrics": str(folder / METRICS_FILE), "convert": str(folder / CONVERT)}}
+           # relative to OUT, so that table.json stays true wherever the folder is copied
+           "files": {"metrics": f"{key}/{METRICS_FILE}", "convert": f"{key}/{CONVERT}"}}
     if key != FLOOR:
         info = json.loads((folder / RUN / "run.json").read_text(encoding="utf-8"))
         from diffma_cli.config import load_recipe
@@ -385,7 +386,7 @@ def table_row(out: Path, key: str) -> dict:
         batch = load_recipe(folder / RUN / "recipe.yaml").training.global_batch_size
         row.update(train_images=info["steps"] * batch, train_images_per_second=info["images_per_second"],
                    model=info["model"]["name"])
-        row["files"]["run"] = str(folder / RUN / "run.json")
+        row["files"]["run"] = f"{key}/{RUN}/run.json"
     return row
 
 

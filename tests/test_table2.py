@@ -60,6 +60,9 @@ def check_rows_come_from_the_files_each_stage_wrote(table2, out):
 
     for row in table["rows"]:
         folder = out / row["key"]
+        # The files the row names, relative to the table's folder, are the ones it was read from.
+        assert (out / row["files"]["metrics"]).resolve() == (folder / "metrics.json").resolve()
+        assert (out / row["files"]["convert"]).resolve() == (folder / "convert.json").resolve()
         metrics = json.loads((folder / "metrics.json").read_text())
         converted = json.loads((folder / "convert.json").read_text())
         assert row["cases"] == len(metrics["cases"]) == 2
@@ -75,6 +78,7 @@ def check_rows_come_from_the_files_each_stage_wrote(table2, out):
         if row["key"] == "affine-floor":
             assert row["train_images"] is None and row["parameters"] == 2
             continue
+        assert (out / row["files"]["run"]).resolve() == (folder / "run" / "run.json").resolve()
         run = load_run(folder / "run")
         assert row["parameters"] == sum(p.numel() for p in run.backbone.parameters())
         assert row["train_images_per_second"] == run.info["images_per_second"]
