@@ -79,23 +79,17 @@ consistency() {
   mark "sampler rc=$?"
 }
 
-# Issue 7's 512² rows (1024 tokens) and the baselines after the mixer changes.
-backbone512() {
-  timeout 400 python3 benchmarks/backbone.py \
-    --models DiffMa-B/2,DiT-B/2,ZigMa-BL/2,VMamba-BL/2 --batches 8,32,64 --resolutions 224,512 \
-    --dtypes bf16 --modes train,forward --repeat 10 --json "$logs/backbone512.json" \
-    > "$logs/backbone512.txt" 2>&1
-  mark "backbone 512 rc=$? on GPU $CUDA_VISIBLE_DEVICES"
-}
-
-# The fp32 column of the 512² rows (session 3 ran bf16 only); rows that run out of memory say so.
-backbone512fp32() {
+# Issue 7's grid for the four backbones: NAME RESOLUTIONS DTYPES -> $logs/NAME.txt and .json. `backbone512`:
+# the 512² rows (1024 tokens) and the baselines after the mixer changes, bf16; `backbone512fp32`: the fp32
+# column at 512² (session 3 ran bf16 only); rows that run out of memory say so.
+backbone_grid() {
   timeout 500 python3 benchmarks/backbone.py \
-    --models DiffMa-B/2,DiT-B/2,ZigMa-BL/2,VMamba-BL/2 --batches 8,32,64 --resolutions 512 \
-    --dtypes fp32 --modes train,forward --repeat 10 --json "$logs/backbone512-fp32.json" \
-    > "$logs/backbone512-fp32.txt" 2>&1
-  mark "backbone 512 fp32 rc=$? on GPU $CUDA_VISIBLE_DEVICES"
+    --models DiffMa-B/2,DiT-B/2,ZigMa-BL/2,VMamba-BL/2 --batches 8,32,64 --resolutions "$2" \
+    --dtypes "$3" --modes train,forward --repeat 10 --json "$logs/$1.json" > "$logs/$1.txt" 2>&1
+  mark "$1 rc=$? on GPU $CUDA_VISIBLE_DEVICES"
 }
+backbone512() { backbone_grid backbone512 224,512 bf16; }
+backbone512fp32() { backbone_grid backbone512-fp32 512 fp32; }
 
 # Issue 7's causal-conv1d question: the convolution alone, then DiffMa-B/2 with either convolution, one card.
 conv() {

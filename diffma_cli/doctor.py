@@ -74,13 +74,16 @@ def _gpus(torch) -> list[dict[str, Any]]:
     return gpus
 
 
+def _devices(gpus: list[dict]) -> list[str]:
+    return ["cpu"] + [f"cuda:{gpu['index']}" for gpu in gpus]
+
+
 def _scan_backends(torch, gpus: list[dict]) -> dict[str, dict[str, str]]:
     """Backend per device for a training call (needs a backward) and a sampling call (bf16, no grad)."""
     from diffma_cli.models.ops.selective_scan import resolve_backend
 
-    devices = ["cpu"] + [f"cuda:{gpu['index']}" for gpu in gpus]
     backends = {}
-    for device in devices:
+    for device in _devices(gpus):
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         u = torch.zeros(1, 1, 1, device=device, dtype=dtype)
         backends[device] = {"training": resolve_backend(None, u, grad=True),
@@ -92,8 +95,8 @@ def _conv_backends(torch, gpus: list[dict]) -> dict[str, str]:
     """The mixers' convolution backend per device (bf16 input on a GPU, as under autocast)."""
     from diffma_cli.models.ops.causal_conv import resolve_conv_backend
 
-    devices = ["cpu"] + [f"cuda:{gpu['index']}" for gpu in gpus]
-    return {device: resolve_conv_backend(None, torch.zeros(1, 1, 1, device=device)) for device in devices}
+    return {device: resolve_conv_backend(None, torch.zeros(1, 1, 1, device=device))
+            for device in _devices(gpus)}
 
 
 def _hub_file(hub_id: str, names: str | tuple[str, ...]) -> str | None:

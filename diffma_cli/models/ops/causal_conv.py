@@ -21,8 +21,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from diffma_cli.errors import EnvironmentProblem
-from diffma_cli.models.ops.dispatch import BackendChoice, OptionalImport
+from diffma_cli.models.ops.dispatch import BackendChoice, OptionalImport, require_cuda_kernel
 
 BACKENDS = ("auto", "torch", "causal_conv1d")
 #: Whether "auto" picks causal-conv1d's kernel on CUDA when it imports. Measured on one H100 inside
@@ -50,15 +49,8 @@ def resolve_conv_backend(backend: str | None, x: torch.Tensor) -> str:
         use_kernel = CAUSAL_CONV1D_IN_AUTO and x.is_cuda and causal_conv1d_kernel() is not None
         return "causal_conv1d" if use_kernel else "torch"
     if name == "causal_conv1d":
-        if causal_conv1d_kernel() is None:
-            raise EnvironmentProblem(
-                "the causal_conv1d convolution backend was requested but cannot be imported "
-                f"({causal_conv1d_kernel.error})",
-                hint="install causal-conv1d built for this torch and CUDA, or use the 'torch' backend",
-            )
-        if not x.is_cuda:
-            raise EnvironmentProblem("the causal_conv1d convolution backend needs CUDA tensors",
-                                     hint="move the model to a GPU or use the 'torch' backend")
+        require_cuda_kernel(causal_conv1d_kernel, "the causal_conv1d convolution backend", x.is_cuda,
+                            "install causal-conv1d built for this torch and CUDA, or use the 'torch' backend")
     return name
 
 

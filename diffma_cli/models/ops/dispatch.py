@@ -1,10 +1,13 @@
 """What the operators' backend choice shares (`selective_scan`, `causal_conv`): an optional fast package
-imported once, on first use, and a module-wide backend that a `with` block can force."""
+imported once, on first use, the checks of a CUDA kernel that was asked for by name, and a module-wide
+backend that a `with` block can force."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+
+from diffma_cli.errors import EnvironmentProblem
 
 
 class OptionalImport:
@@ -25,6 +28,17 @@ class OptionalImport:
             except Exception as error:  # ImportError, or OSError/RuntimeError from a broken CUDA extension
                 self.error = f"{type(error).__name__}: {error}"
         return self._value
+
+
+def require_cuda_kernel(kernel: OptionalImport, backend: str, on_cuda: bool, install_hint: str) -> None:
+    """A kernel forced by name must import and get CUDA tensors; else an EnvironmentProblem that says which
+    (`backend` names it, e.g. "the mamba_ssm selective-scan backend")."""
+    if kernel() is None:
+        raise EnvironmentProblem(f"{backend} was requested but cannot be imported ({kernel.error})",
+                                 hint=install_hint)
+    if not on_cuda:
+        raise EnvironmentProblem(f"{backend} needs CUDA tensors",
+                                 hint="move the model to a GPU or use the 'torch' backend")
 
 
 class BackendChoice:

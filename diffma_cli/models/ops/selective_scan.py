@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from diffma_cli.errors import EnvironmentProblem
-from diffma_cli.models.ops.dispatch import BackendChoice, OptionalImport
+from diffma_cli.models.ops.dispatch import BackendChoice, OptionalImport, require_cuda_kernel
 
 BACKENDS = ("auto", "mamba_ssm", "triton", "torch", "reference")
 #: Input dtypes the Triton kernel reads (it computes in float32); float64 stays on the other backends.
@@ -210,16 +210,9 @@ def resolve_backend(backend: str | None, u: torch.Tensor, grad: bool = False) ->
             raise EnvironmentProblem(f"the triton selective-scan backend does not take {u.dtype} inputs",
                                      hint="use float32, bfloat16 or float16, or the 'torch' backend")
     if name == "mamba_ssm":
-        if mamba_ssm_scan_fn() is None:
-            raise EnvironmentProblem(
-                "the mamba_ssm selective-scan backend was requested but cannot be imported "
-                f"({mamba_ssm_scan_fn.error})",
-                hint="install mamba-ssm built for this torch and CUDA, or use the 'torch' backend; "
-                     "`diffma doctor` shows the import error and versions",
-            )
-        if not u.is_cuda:
-            raise EnvironmentProblem("the mamba_ssm selective-scan backend needs CUDA tensors",
-                                     hint="move the model to a GPU or use the 'torch' backend")
+        require_cuda_kernel(mamba_ssm_scan_fn, "the mamba_ssm selective-scan backend", u.is_cuda,
+                            "install mamba-ssm built for this torch and CUDA, or use the 'torch' backend; "
+                            "`diffma doctor` shows the import error and versions")
     return name
 
 
