@@ -1,5 +1,5 @@
-"""`diffma doctor`: versions, GPUs, fast-path packages, scan backends, encoder weights, disk (library:
-diffma_cli.doctor)."""
+"""`diffma doctor`: versions, GPUs, fast-path packages, scan and convolution backends, encoder weights,
+disk (library: diffma_cli.doctor)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ def doctor(
     folder: Path = typer.Option(Path("."), "--folder", help="Folder whose free disk space is shown."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Check what this machine can run: Python, torch, CUDA and GPUs, mamba-ssm / triton,
-    the selective-scan backend of each device, the recipe's encoder weights, free disk.
+    """Check what this machine can run: Python, torch, CUDA and GPUs, mamba-ssm / triton / causal-conv1d,
+    the selective-scan and convolution backends of each device, the recipe's encoder weights, free disk.
 
     Downloads nothing. Ends with what to do about each problem found.
 
