@@ -58,6 +58,9 @@ class TrainingConfig:
     `global_batch_size` counts images per optimiser step over all processes and accumulation steps; it must
     be divisible by world size x `grad_accumulation`. `steps` (when > 0) stops training after that many
     optimiser steps and takes precedence over `epochs`. `ema_decay` 0 keeps the EMA equal to the model.
+    `ema_warmup` (ours, on by default) ramps the decay up as min(ema_decay, (1 + n) / (10 + n)) after n
+    updates, so that a short run never exports its initialisation; false is the released behaviour (the
+    full decay from the first step, the EMA starting at the initial weights).
     """
 
     lr: float = 1e-4
@@ -68,6 +71,7 @@ class TrainingConfig:
     steps: int = 0
     grad_accumulation: int = 1
     ema_decay: float = 0.9999
+    ema_warmup: bool = True
     precision: str = "auto"
     checkpoint_every: int = 50_000
     log_every: int = 10
@@ -94,7 +98,10 @@ class ModelConfig:
     """The diffusion backbone: a registry name plus optional architecture overrides (null = as named).
 
     `scan` and `soft_mask` reach DiffMa backbones only; `soft_mask: false` ignores the embedder's soft mask
-    (w = 1), the paper's "w/o soft mask" ablation (Table 2).
+    (w = 1), the paper's "w/o soft mask" ablation (Table 2). `condition` (every backbone) says how the CT
+    reaches the network: released | tokens | latent | latent+tokens (models/conditioning.py). Its default
+    here is the released model's, so a recipe written before the setting existed keeps its meaning; the
+    shipped recipes name their choice.
     """
 
     name: str = "DiffMa-B/2"
@@ -102,6 +109,7 @@ class ModelConfig:
     depth: int | None = None
     hidden_size: int | None = None
     soft_mask: bool = True
+    condition: str = "released"
 
 
 @dataclass
@@ -153,6 +161,9 @@ class Recipe:
         """Check values that have a fixed set of choices or a range; returns self."""
         _choice("data.direction", self.data.direction, DIRECTIONS)
         _choice("model.scan", self.model.scan, SCANS)
+        from diffma_cli.models.conditioning import CONDITIONS  # no torch import: conditioning is plain Python
+
+        _choice("model.condition", self.model.condition, CONDITIONS)
         for prefix, training in (("vae.training", self.vae.training),
                                  ("embedder.training", self.embedder.training),
                                  ("training", self.training)):

@@ -265,7 +265,8 @@ def starting_noise(shape: tuple[int, ...], noise: str, noise_correlation: float,
 
 
 def _condition(models: ConversionModels, images: torch.Tensor, clock) -> tuple[torch.Tensor, ...]:
-    """images (b, 1, S, S) in [-1, 1] -> y (b, E) CLIP embedding, y2 (b, T, D) tokens, w (b, T, 1) mask."""
+    """images (b, 1, S, S) in [-1, 1] -> y (b, E) CLIP embedding, y2 (b, T, D) tokens, w (b, T, 1) mask,
+    source (b, C, h, w) CT latent (an input of the `latent` conditions)."""
     with clock("vae"):
         source = models.vae.encode(images).mean * models.vae.scale  # (b, 4, S/8, S/8)
     with clock("clip"):
@@ -275,15 +276,16 @@ def _condition(models: ConversionModels, images: torch.Tensor, clock) -> tuple[t
             y = models.clip.encode(images)  # (b, E)
     with clock("embedder"):
         w, y2 = models.embedder(source)
-    return y, y2, w
+    return y, y2, w, source
 
 
-def _denoiser(models: ConversionModels, y: torch.Tensor, y2: torch.Tensor, w: torch.Tensor, clock):
+def _denoiser(models: ConversionModels, y: torch.Tensor, y2: torch.Tensor, w: torch.Tensor,
+              source: torch.Tensor, clock):
     """model_fn(x_t, t) for the samplers: the backbone with this batch's conditions."""
 
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with clock("backbone"):
-            return models.backbone(x_t, t, y, y2, w)  # (b, 2C, h, w): epsilon and variance value
+            return models.backbone(x_t, t, y, y2, w, source)  # (b, 2C, h, w): epsilon and variance value
 
     return model_fn
 

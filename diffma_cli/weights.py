@@ -99,6 +99,7 @@ def load_model(path: str | Path, *, ema: bool = True, **overrides: Any) -> nn.Mo
     if is_safetensors(path):
         config, weights = _read_safetensors(path, overrides)
     else:
+        _check_released_condition(overrides.get("condition", "released"), path)
         checkpoint = ReleasedCheckpoint.read(path)
         stored = checkpoint.stored_weights(ema)
         released_name = overrides.get("name") or (checkpoint.args() or {}).get("model")
@@ -182,11 +183,29 @@ def _read_safetensors(path: Path, overrides: dict[str, Any]
                          "(Python: load_model(path, name='DiffMa-B/2'))")
     from safetensors.torch import load_file
 
+    if config is not None and "condition" in overrides:
+        # A backbone learns what its condition feeds it: weights of one mode are meaningless in another.
+        stored = config.get("condition", "released")
+        if overrides["condition"] != stored:
+            raise InputError(f"holds a {config['name']} trained with condition {stored!r}, not "
+                             f"{overrides['condition']!r}", path=path,
+                             hint=f"use model.condition={stored} with these weights, or train a new model")
     try:
         weights = load_file(str(path), device="cpu")
     except Exception as error:
         raise _safetensors_error(path, error) from None
     return {**(config or {}), **overrides}, weights
+
+
+def _check_released_condition(condition: str, path: Path) -> None:
+    """Released checkpoints load as `released` or `tokens` (same parameters); the `latent` modes add input
+    channels that no released network has."""
+    from diffma_cli.models.conditioning import concatenates_latent
+
+    if concatenates_latent(condition):
+        raise InputError(f"is a released checkpoint: it cannot run with condition {condition!r} (its patch "
+                         "embedding reads the noisy latent only)", path=path,
+                         hint="use condition released or tokens with released weights")
 
 
 def _registered_name(name: str) -> str:

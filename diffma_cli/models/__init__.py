@@ -14,6 +14,7 @@ from typing import Any
 
 from diffma_cli.errors import InputError
 from diffma_cli.models.baselines import BASELINE_FACTORIES
+from diffma_cli.models.conditioning import CONDITIONS, check_condition
 from diffma_cli.models.diffma import build_diffma
 from diffma_cli.models.embedder import CTVisionEmbedder
 from diffma_cli.models.registry import (
@@ -25,7 +26,7 @@ from diffma_cli.models.registry import (
 )
 from diffma_cli.models.scan_orders import SCAN_MODES
 
-__all__ = ["create_model", "model_names", "register_model", "MODEL_NAMES"]
+__all__ = ["create_model", "model_names", "register_model", "CONDITIONS", "MODEL_NAMES"]
 
 #: Latent side of a 224² slice through the SD VAE (factor 8) and its channels: the released setting.
 LATENT_SIZE, LATENT_CHANNELS = 28, 4
@@ -39,10 +40,11 @@ PATCH_SIZES = (2, 4, 7)
 def _diffma_factory(name: str, depth: int, patch_size: int) -> Factory:
     defaults = {"input_size": LATENT_SIZE, "patch_size": patch_size, "in_channels": LATENT_CHANNELS,
                 "hidden_size": HIDDEN_SIZE, "depth": depth, "learn_sigma": True, "scan": "released",
-                "soft_mask": True, "d_state": 16}
+                "soft_mask": True, "d_state": 16, "condition": "released"}
 
     def factory(**overrides: Any):
         settings = resolve_settings(name, defaults, overrides)
+        check_condition(name, settings["condition"])
         if settings["scan"] not in SCAN_MODES:
             raise InputError(f"{name}: unknown scan {settings['scan']!r}",
                              hint=f"choose one of {', '.join(SCAN_MODES)}")

@@ -2,9 +2,9 @@
 
 As in the released code (`model.py`), every baseline is the DiffMa network (`backbone.ConditionedBackbone`)
 with another block: the same patch embedding, fixed sin-cos positions, timestep embedding, condition
-vector c = [t + y, t + mean_T(y2)], long skips and final layer. They are called like DiffMa,
-`model(x, t, y, y2, w)`, and use y and y2 through c; the soft mask w is accepted and ignored (only DiffMa's
-blocks use it).
+vector c (released: [t + y, t + mean_T(y2)]; `condition` chooses another mode, `conditioning.py`), long
+skips and final layer. They are called like DiffMa, `model(x, t, y, y2, w)`, and use y and y2 through c;
+the soft mask w is accepted and ignored (only DiffMa's blocks use it).
 
 Blocks:
 - DiT: adaLN-Zero attention + MLP (`dit.DiTBlock`), 8 heads.
@@ -31,8 +31,9 @@ from torch import nn
 from diffma_cli.errors import InputError
 from diffma_cli.models import baseline_orders
 from diffma_cli.models.backbone import ConditionedBackbone
+from diffma_cli.models.conditioning import check_condition
 from diffma_cli.models.dit import DiTBlock
-from diffma_cli.models.layers import modulate
+from diffma_cli.models.layers import modulate, per_token
 from diffma_cli.models.mamba import D_STATE, MultiOrderMamba
 from diffma_cli.models.registry import Factory, resolve_settings
 
@@ -48,7 +49,7 @@ BASELINE_SCANS = ("released", "path")
 
 
 class MambaBaselineBlock(nn.Module):
-    """Tokens (N, T, D), condition c (N, 2D) -> (N, T, D): x + gate · mixer(LN(x)·(1 + scale) + shift).
+    """Tokens (N, T, D), condition c (N, 2D) or (N, T, 2D) -> (N, T, D): x + gate · mixer(LN(x)·(1 + scale) + shift).
 
     `mixer` is the block's one Mamba mixer (N, T, D) -> (N, T, D), reading the family's token orders.
     The soft mask w is accepted for DiffMa's signature and ignored, as released.
@@ -61,8 +62,8 @@ class MambaBaselineBlock(nn.Module):
         self.mamba = mixer
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
-        shift, scale, gate = self.adaLN_modulation(c).chunk(3, dim=1)  # (N, D) each
-        return x + gate.unsqueeze(1) * self.mamba(modulate(self.norm1(x), shift, scale))
+        shift, scale, gate = self.adaLN_modulation(c).chunk(3, dim=-1)  # (N, D) or (N, T, D) each
+        return x + per_token(gate) * self.mamba(modulate(self.norm1(x), shift, scale))
 
 
 class ReleasedViMMamba(MultiOrderMamba):
@@ -104,12 +105,13 @@ def _mixer(family: str, hidden_size: int, grid: int, block_index: int, settings:
 
 def _common_defaults(depth: int, patch_size: int) -> dict[str, Any]:
     return {"input_size": LATENT_SIZE, "patch_size": patch_size, "in_channels": LATENT_CHANNELS,
-            "hidden_size": HIDDEN_SIZE, "depth": depth, "learn_sigma": True}
+            "hidden_size": HIDDEN_SIZE, "depth": depth, "learn_sigma": True, "condition": "released"}
 
 
 def _resolve(name: str, defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Settings = defaults updated by overrides, with the checks every backbone needs."""
     settings = resolve_settings(name, defaults, overrides)
+    check_condition(name, settings["condition"])
     if settings["depth"] < 1 or settings["hidden_size"] < 4 or settings["hidden_size"] % 4:
         raise InputError(f"{name}: depth {settings['depth']}, hidden_size {settings['hidden_size']}",
                          hint="depth must be at least 1 and hidden_size a positive multiple of 4 "

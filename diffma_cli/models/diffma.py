@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from diffma_cli.models.backbone import ConditionedBackbone
-from diffma_cli.models.layers import modulate
+from diffma_cli.models.layers import modulate, per_token
 from diffma_cli.models.mamba import D_STATE, MultiOrderMamba
 from diffma_cli.models.scan_orders import diffma_block_orders
 
 
 class DiffMaBlock(nn.Module):
-    """Tokens (N, T, D), condition c (N, 2D), soft mask w (N, T, 1) -> tokens (N, T, D).
+    """Tokens (N, T, D), condition c (N, 2D) or per token (N, T, 2D), soft mask w (N, T, 1) -> (N, T, D).
 
     orders: (3, T) gather orders of this block's two mixers. soft_mask=False ignores w (w = 1), the
     paper's ablation without the soft mask.
@@ -47,12 +47,12 @@ class DiffMaBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        shift, scale, gate = self.adaLN_modulation(c).chunk(3, dim=1)  # (N, D) each
+        shift, scale, gate = self.adaLN_modulation(c).chunk(3, dim=-1)  # (N, D) or (N, T, D) each
         x_ssm = modulate(self.norm1(x), shift, scale)  # (N, T, D)
         masked = x_ssm * w if self.soft_mask else x_ssm
         out1, out2 = self.mamba1(x_ssm), self.mamba2(masked)  # (N, T, D) each
         a = self.attention_network(torch.cat([out1, out2], dim=-1))  # (N, T, 1)
-        return x + gate.unsqueeze(1) * (a * out1 + (1 - a) * out2)
+        return x + per_token(gate) * (a * out1 + (1 - a) * out2)
 
 
 def build_diffma(config: dict[str, Any]) -> ConditionedBackbone:

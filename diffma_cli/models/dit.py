@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffma_cli.models.layers import modulate
+from diffma_cli.models.layers import modulate, per_token
 
 
 class SelfAttention(nn.Module):
@@ -47,7 +47,7 @@ class MLP(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """adaLN-Zero transformer block: tokens (N, T, D), condition c (N, 2D) -> (N, T, D).
+    """adaLN-Zero transformer block: tokens (N, T, D), condition c (N, 2D) or (N, T, 2D) -> (N, T, D).
 
     The soft mask `w` of the DiffMa signature is accepted and ignored: the released DiT baseline does not
     use it (only DiffMa's blocks do).
@@ -64,6 +64,6 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(2 * hidden_size, 6 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_a.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_a, scale_a))
-        return x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=-1)
+        x = x + per_token(gate_a) * self.attn(modulate(self.norm1(x), shift_a, scale_a))
+        return x + per_token(gate_m) * self.mlp(modulate(self.norm2(x), shift_m, scale_m))

@@ -24,9 +24,14 @@ TIMESTEP_FREQUENCIES = 256
 MAX_PERIOD = 10000
 
 
+def per_token(values: torch.Tensor) -> torch.Tensor:
+    """An adaLN output as a (N, T or 1, D) tensor: (N, D) per sample -> (N, 1, D); (N, T, D) as it is."""
+    return values.unsqueeze(1) if values.dim() == 2 else values
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: x (N, T, D) scaled and shifted per sample by shift, scale (N, D)."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN: x (N, T, D) scaled and shifted per sample (shift, scale (N, D)) or per token ((N, T, D))."""
+    return x * (1 + per_token(scale)) + per_token(shift)
 
 
 class PatchEmbed(nn.Module):
@@ -100,8 +105,19 @@ def condition_vector(t_emb: torch.Tensor, y: torch.Tensor, y2: torch.Tensor) -> 
     return torch.cat([t_emb + y, t_emb + y2.mean(dim=1)], dim=1)
 
 
+def token_condition(t_emb: torch.Tensor, y: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
+    """The paper's Eq. 6 as written: c_i = [t + y, t + y2_i] for every token i, shape (N, T, 2D).
+
+    Same inputs as `condition_vector`; the embedder's tokens keep their place instead of being averaged,
+    so every token's adaLN modulation sees the CT under it. Equals `condition_vector` on every token when
+    y2 is the same for all tokens.
+    """
+    shared = (t_emb + y).unsqueeze(1).expand(-1, y2.shape[1], -1)  # (N, T, D)
+    return torch.cat([shared, t_emb.unsqueeze(1) + y2], dim=-1)
+
+
 class FinalLayer(nn.Module):
-    """Tokens (N, T, D) and condition c (N, 2D) -> per-token patch values (N, T, p²·out_channels)."""
+    """Tokens (N, T, D) and condition c (N, 2D) or (N, T, 2D) -> per-token patch values (N, T, p²·C_out)."""
 
     def __init__(
         self, hidden_size: int, patch_size: int, out_channels: int, condition_size: int | None = None
@@ -113,7 +129,7 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(condition_size, 2 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 

@@ -247,8 +247,8 @@ def train_embedder(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, *,
 
 def backbone_overrides(recipe: Recipe) -> dict:
     """create_model overrides for `recipe.model` (scan and soft mask only for DiffMa: the baselines have
-    their own orders and do not use the soft mask)."""
-    overrides = {"input_size": recipe.data.image_size // 8}
+    their own orders and do not use the soft mask; the condition for every backbone)."""
+    overrides = {"input_size": recipe.data.image_size // 8, "condition": recipe.model.condition}
     for key in ("depth", "hidden_size"):
         if getattr(recipe.model, key) is not None:
             overrides[key] = getattr(recipe.model, key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from diffma_cli.train.data_order import (
     sample_seeds,
 )
 from diffma_cli.train.distributed import Processes, barrier, mean_over_processes
-from diffma_cli.train.ema import ema_copy, update_ema
+from diffma_cli.train.ema import ema_copy, ema_decay_at, initialisation_share, update_ema
 
 
 class Task(Protocol):
@@ -108,6 +109,12 @@ def fit(task: Task, settings: TrainingConfig, run_dir: str | Path, where: Proces
     micro_batch, steps_per_epoch = batch_sizes(settings, where, len(task.dataset))
     total_steps = settings.steps if settings.steps > 0 else settings.epochs * steps_per_epoch
 
+    untrained = initialisation_share(settings.ema_decay, total_steps, settings.ema_warmup)
+    if untrained > 0.5 and where.is_main:
+        # The exported weights are the EMA: a run this short would export (mostly) its initialisation.
+        print(f"diffma: warning: {description}: after {total_steps} steps at EMA decay {settings.ema_decay} "
+              f"without warm-up, {untrained:.0%} of the exported weights are still the initialisation; "
+              "set ema_warmup: true, a lower ema_decay or more steps", file=sys.stderr)
     model = task.model.to(device)
     model.train()
     ema = ema_copy(model)
@@ -177,7 +184,8 @@ def fit(task: Task, settings: TrainingConfig, run_dir: str | Path, where: Proces
             step_loss = mean_over_processes(step_loss, where).item()
             if math.isfinite(step_loss):
                 optimizer.step()
-                update_ema(ema, model, settings.ema_decay)
+                # The warm-up counts optimiser steps (a resumed run continues where it stopped).
+                update_ema(ema, model, ema_decay_at(settings.ema_decay, state.step, settings.ema_warmup))
             state.step += 1
             state.batch_in_epoch += 1
             losses.append(step_loss)

@@ -73,7 +73,8 @@ class EmbedderTask:
 
 class DiffusionTask:
     """The diffusion backbone learns to denoise target latents conditioned on the source (REFERENCE.md
-    section 1): y = CLIP embedding of the source, y2 / w = tokens / soft mask of the frozen embedder."""
+    section 1): y = CLIP embedding of the source, y2 / w = tokens / soft mask of the frozen embedder, and
+    the source latent itself for the `latent` conditions (models/conditioning.py)."""
 
     find_unused_parameters = False
 
@@ -104,6 +105,6 @@ class DiffusionTask:
             y = torch.zeros(len(target), self.clip_width, device=target.device)
 
         def denoiser(x_t: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-            return model(x_t, steps, y, y2, w)
+            return model(x_t, steps, y, y2, w, source)  # source: the CT latent (`latent` conditions)
 
         return self.diffusion.training_losses(denoiser, target, t, noise)["loss"].mean()
