@@ -12,6 +12,7 @@ from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structu
 from diffma_cli.errors import InputError
 from diffma_cli.evaluation.metrics import (
     masked_mae,
+    masked_pearson,
     masked_psnr,
     masked_ssim,
     paper_metrics,
@@ -202,3 +203,18 @@ def test_paper_slices_are_those_with_body():
     mask[[0, 2, 5], 1, 1] = 1
     assert paper_slices(mask, 6).tolist() == [0, 2, 5]
     assert paper_slices(None, 3).tolist() == [0, 1, 2]
+
+
+def test_pearson_is_numpy_corrcoef_over_mask_voxels():
+    rng = np.random.default_rng(5)
+    reference = rng.normal(size=(8, 9, 10)).astype(np.float32)
+    prediction = (0.5 * reference + rng.normal(size=reference.shape)).astype(np.float32)
+    mask = np.zeros(reference.shape, np.uint8)
+    mask[2:6, 1:8, 3:9] = 1
+    prediction[mask == 0] = 50.0  # outside the mask: must not count
+    expected = np.corrcoef(prediction[mask > 0], reference[mask > 0])[0, 1]
+    assert masked_pearson(prediction, reference, mask) == pytest.approx(expected, rel=1e-9)
+    # any positive affine map of the reference is perfectly correlated; a constant is undefined
+    assert masked_pearson(3 * reference - 1, reference, mask) == pytest.approx(1.0, abs=1e-9)
+    assert np.isnan(masked_pearson(np.full_like(reference, 0.2), reference, mask))
+    assert np.isnan(masked_pearson(prediction, reference, np.zeros_like(mask)))

@@ -76,6 +76,24 @@ def masked_psnr(prediction: np.ndarray, reference: np.ndarray, mask: np.ndarray,
     return psnr_from_mse(mse, scale.data_range)
 
 
+def masked_pearson(prediction: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:
+    """Pearson correlation of the voxel values inside the mask (no clipping), in [-1, 1].
+
+    Not a SynthRAD metric: it says whether the prediction follows the reference's anatomy at all,
+    whatever its intensity scale (a constant or a per-case affine map of the wrong image scores ~0 or
+    the correlation of that image). NaN for an empty mask or a constant prediction or reference.
+    """
+    inside = binary_mask(mask)
+    if inside.sum() < 2:
+        return float("nan")
+    p = _as_float32(prediction)[inside].astype(np.float64)
+    r = _as_float32(reference)[inside].astype(np.float64)
+    p -= p.mean()
+    r -= r.mean()
+    denominator = np.sqrt(np.dot(p, p) * np.dot(r, r))
+    return float(np.dot(p, r) / denominator) if denominator > 0 else float("nan")
+
+
 def psnr_from_mse(mse: float, data_range: float) -> float:
     """10 log10(data_range^2 / mse) in dB; +inf for mse == 0 (as scikit-image's peak_signal_noise_ratio)."""
     if mse == 0:
