@@ -1,9 +1,11 @@
-"""The paper's Table 2 as a command: DiffMa against its baselines at one recipe and one training budget,
-converted and scored on the test split, next to a non-learned floor (docs/quality.md).
+"""The paper's Table 2 as a command: DiffMa in each conditioning mode and its baselines at one recipe and
+one training budget, converted and scored on the test split, read against trivial predictors and ceilings
+(docs/quality.md).
 
-    python3 benchmarks/table2.py DATA SRC -o OUT [--backbones diffma-spiral,dit] [--recipe brain]
+    python3 benchmarks/table2.py DATA SRC -o OUT [--backbones diffma-latent,dit] [--recipe brain]
         [--set key=value ...] [--steps N | --images N | --train-minutes M] [--embedder RUN]
-        [--sampler dpm] [--sample-steps 25] [--device auto]
+        [--sampler dpm] [--sample-steps 25] [--samples K [--samples-of KEY]] [--calibration ...]
+        [--device auto]
 
 DATA is a `diffma prepare` folder, SRC the SynthRAD Task 1 tree it was prepared from (the test split's CT,
 MR and mask volumes are read from there). For every chosen backbone (ENTRIES) the script
@@ -15,8 +17,11 @@ MR and mask volumes are read from there). For every chosen backbone (ENTRIES) th
 3. scores the predictions with `evaluate_cases` (SynthRAD2023 protocol on the normalised MR scale and the
    paper's per-slice protocol) into OUT/<key>/metrics.json (+ metrics.csv).
 
-The floor (OUT/affine-floor) maps each test case's normalised CT to its normalised MR by the affine map
-fitted by least squares on that case's own mask voxels, and is scored the same way. The table
+With --samples K, the --samples-of rows are also converted as the mean of K samples (OUT/<key>-mean<K>).
+The calibration rows (CALIBRATION, `diffma_cli.evaluation.calibration`) are written as volumes and scored
+the same way: a constant (the training cases' mean MR inside the mask), another test patient's MR, the
+per-case affine CT->MR map fitted on the case's own MR, the phantom's noise-free MR (oracle; data from
+`diffma synth` only) and the reference through the first row's VAE (ceiling of latent models). The table
 (OUT/table.md, OUT/table.json) is then built from those files alone: metrics from metrics.json, images/s
 and steps from run/run.json, parameters and seconds per volume from convert.json.
 
@@ -35,25 +40,41 @@ import sys
 import time
 from pathlib import Path
 
-# key -> (label, recipe overrides). The paper's Table 2 rows; sizes as in the released code (the Mamba
-# baselines at BL/2, 13 blocks, to match DiffMa-B/2's parameter count; docs/baselines.md).
+
+def _diffma(condition: str, soft_mask: bool = True, scan: str = "spiral") -> dict:
+    return {"model.name": "DiffMa-B/2", "model.scan": scan, "model.soft_mask": soft_mask,
+            "model.condition": condition}
+
+
+# key -> (label, recipe overrides). DiffMa-B/2 in each conditioning mode (models/conditioning.py), the
+# soft-mask ablation and the paper's Table 2 baselines, sizes as in the released code (the Mamba baselines
+# at BL/2, 13 blocks, to match DiffMa-B/2's parameter count; docs/baselines.md). The baselines take the
+# recipe's model.condition (set it with --set model.condition=...); their label names it.
 ENTRIES: dict[str, tuple[str, dict]] = {
-    "diffma-released": ("DiffMa-B/2, released scan",
-                        {"model.name": "DiffMa-B/2", "model.scan": "released", "model.soft_mask": True}),
-    "diffma-spiral": ("DiffMa-B/2, spiral scan",
-                      {"model.name": "DiffMa-B/2", "model.scan": "spiral", "model.soft_mask": True}),
-    "diffma-no-mask": ("DiffMa-B/2, spiral, no soft mask (w = 1)",
-                       {"model.name": "DiffMa-B/2", "model.scan": "spiral", "model.soft_mask": False}),
+    "diffma-released": ("DiffMa-B/2, released condition (as released)", _diffma("released")),
+    "diffma-tokens": ("DiffMa-B/2, tokens (paper Eq. 6)", _diffma("tokens")),
+    "diffma-latent": ("DiffMa-B/2, latent", _diffma("latent")),
+    "diffma-latent-tokens": ("DiffMa-B/2, latent+tokens", _diffma("latent+tokens")),
+    "diffma-latent-no-mask": ("DiffMa-B/2, latent, no soft mask (w = 1)", _diffma("latent", False)),
+    "diffma-latent-tokens-no-mask": ("DiffMa-B/2, latent+tokens, no soft mask (w = 1)",
+                                     _diffma("latent+tokens", False)),
+    "diffma-released-scan": ("DiffMa-B/2, released scan and condition", _diffma("released", scan="released")),
     "dit": ("DiT-B/2", {"model.name": "DiT-B/2"}),
     "zigma": ("ZigMa-BL/2", {"model.name": "ZigMa-BL/2"}),
     "vim": ("ViM-BL/2", {"model.name": "ViM-BL/2"}),
     "vmamba": ("VMamba-BL/2", {"model.name": "VMamba-BL/2"}),
     "emamba": ("EMamba-BL/2", {"model.name": "EMamba-BL/2"}),
 }
-FLOOR = "affine-floor"
-FLOOR_LABEL = "affine CT->MR map fitted on each test case (floor)"
+# Rows that need no learning (trivial predictors) and ceilings, in table order (evaluation/calibration.py).
+CALIBRATION: dict[str, str] = {
+    "constant": "constant: mean training MR inside the mask",
+    "other-patient": "other patient: another test case's MR, centres aligned",
+    "affine": "affine CT->MR map fitted on each test case's own MR",
+    "oracle": "oracle: the phantom's MR before noise (ceiling)",
+    "vae-ceiling": "reference MR through the run's VAE (ceiling of latent models)",
+}
 # (metrics.json key, column title, decimals)
-METRICS = (("mae", "MAE", 4), ("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 4),
+METRICS = (("mae", "MAE", 4), ("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 4), ("pearson", "ρ", 3),
            ("paper_ssim", "paper SSIM (%)", 2), ("paper_psnr", "paper PSNR (dB)", 2),
            ("paper_mse", "paper MSE", 1))
 PLAN, TABLE_JSON, TABLE_MD = "plan.json", "table.json", "table.md"
@@ -188,16 +209,6 @@ def probe_speed(args, out: Path, recipe, key: str, embedder: Path) -> float:
     return speed
 
 
-def warn_about_ema(recipe, steps: int) -> None:
-    """The EMA starts equal to the initial weights (as released); after `steps` steps they still weigh
-    decay**steps in it. The paper's 0.9999 suits its ~150 000 steps, not a short comparison."""
-    weight = recipe.training.ema_decay ** steps
-    if weight > 0.05:
-        say(f"WARNING: training.ema_decay={recipe.training.ema_decay} over {steps} steps leaves the initial "
-            f"weights {weight:.0%} of the EMA backbone that is evaluated; for short budgets set e.g. "
-            f"--set training.ema_decay={max(0.0, 1 - 3 / steps):.4g} (3/(1-d) <= steps)")
-
-
 # ---------------------------------------------------------------- stages
 
 def resumable(run: Path) -> bool:
@@ -247,8 +258,9 @@ def train_entry(args, folder: Path, recipe, embedder: Path) -> Path:
     return run
 
 
-def convert_entry(args, folder: Path, run: Path, cases: list) -> None:
-    """Every test CT -> OUT/<key>/predictions/<case>.nii.gz; convert.json with parameters and seconds."""
+def convert_entry(args, folder: Path, run: Path, cases: list, samples: int = 1) -> None:
+    """Every test CT -> OUT/<key>/predictions/<case>.nii.gz (the mean of `samples` samples); convert.json
+    with parameters and seconds."""
     from diffma_cli.convert import convert_volume, load_models
     from diffma_cli.io.atomic import atomic_dir
     from diffma_cli.io.volumes import read_volume, write_volume
@@ -268,13 +280,14 @@ def convert_entry(args, folder: Path, run: Path, cases: list) -> None:
             # smooth_z=0: the rows score each backbone as published, without convert's default through-plane
             # filter (docs/consistency.md), which would flatter every row alike.
             generated, _ = convert_volume(ct, models, body_mask=body, sampler=args.sampler,
-                                          steps=args.sample_steps, smooth_z=0.0, progress=not args.quiet,
-                                          source=case.ct)
+                                          steps=args.sample_steps, smooth_z=0.0, samples=samples,
+                                          progress=not args.quiet, source=case.ct)
             seconds[case.id] = time.perf_counter() - began
             write_volume(generated, predictions / f"{case.id}.nii.gz")
     parameters = sum(parameter.numel() for parameter in models.backbone.parameters())
     write_json(folder / CONVERT, {
         "parameters": parameters, "seconds_per_volume": seconds, "device": str(models.device),
+        "samples": samples, "run": str(run.relative_to(folder.parent)),
         "sampler": args.sampler or models.recipe.sampling.sampler,
         "steps": args.sample_steps or models.recipe.sampling.steps}, overwrite=True)
 
@@ -309,52 +322,89 @@ def evaluate_entry(args, folder: Path) -> None:
                    output=folder / METRICS_FILE, overwrite=True, progress=not args.quiet)
 
 
-def affine_floor(ct_unit, mr_unit, mask):
-    """Least-squares affine map MR ~ a * CT + b over the mask voxels of one case; returns (prediction, a, b).
-
-    ct_unit, mr_unit: (z, y, x) float32 on the normalised scale ([-1, 1]); mask bool. The prediction is the
-    map clipped to [-1, 1] inside the mask and -1 (the normalised background) outside it.
-    """
-    import numpy as np
-
-    x = ct_unit[mask].astype(np.float64)
-    design = np.stack([x, np.ones_like(x)], axis=1)
-    (a, b), *_ = np.linalg.lstsq(design, mr_unit[mask].astype(np.float64), rcond=None)
-    prediction = np.full(ct_unit.shape, -1.0, dtype=np.float32)
-    prediction[mask] = np.clip(a * x + b, -1.0, 1.0)
-    return prediction, float(a), float(b)
+def calibration_keys(cases: list) -> list[str]:
+    """The calibration rows these cases allow: the oracle needs the phantoms' truth files (`diffma synth`)."""
+    has_truth = all(noise_free_mr(case).is_file() for case in cases)
+    return [key for key in CALIBRATION if key != "oracle" or has_truth]
 
 
-def floor_entry(args, folder: Path, cases: list, ct_window) -> None:
-    """The floor's predictions (OUT/affine-floor/predictions) and fit.json (a, b and seconds per case)."""
+def noise_free_mr(case) -> Path:
+    from diffma_cli.data.synth import TRUTH
+
+    return case.folder / TRUTH / "mr_noise_free.nii.gz"
+
+
+def calibration_entry(args, out: Path, key: str, cases: list, ct_window, vae_run: Path | None) -> None:
+    """One calibration row's predictions (OUT/<key>/predictions) and convert.json (seconds per case and
+    what the row fitted), made by `diffma_cli.evaluation.calibration` on the scales eval uses."""
     import SimpleITK as sitk
 
     from diffma_cli.data.normalise import ct_to_unit
+    from diffma_cli.evaluation import calibration
     from diffma_cli.evaluation.scales import normalise_reference
     from diffma_cli.io.atomic import atomic_dir
     from diffma_cli.io.volumes import read_volume, write_volume
 
+    folder = out / key
     if (folder / CONVERT).is_file():
-        say(f"{FLOOR}: fitted before, skipped")
+        say(f"{key}: made before, skipped")
         return
-    say(f"{FLOOR}: fitting the per-case affine CT->MR map on {len(cases)} test case(s)")
-    seconds, fits = {}, {}
+    say(f"{key}: {CALIBRATION[key]} ({len(cases)} test case(s))")
+    array = sitk.GetArrayFromImage
+
+    def reference(case):  # (normalised MR, mask) of a case, as eval reads them
+        mask = array(read_volume(case.mask)) > 0
+        return normalise_reference(array(read_volume(case.mr)).astype("float32"), mask, "mr"), mask
+
+    record: dict = {"parameters": 0, "device": "cpu"}
+    if key == "constant":
+        value = calibration.pooled_mean(reference(case) for case in training_cases(args))
+        record.update(parameters=1, value=value)
+    elif key == "affine":
+        record.update(parameters=2, parameters_note="a and b, fitted per test case on its own MR", fits={})
+    elif key == "vae-ceiling":
+        from diffma_cli.convert import load_models
+
+        models = load_models(vae_run, args.device)
+        record.update(device=str(models.device), run=str(vae_run.relative_to(out)))
+    seconds = {}
     with atomic_dir(folder / PREDICTIONS, overwrite=True) as predictions:
-        for case in cases:
+        for number, case in enumerate(cases):
             ct = read_volume(case.ct)
-            mask = sitk.GetArrayFromImage(read_volume(case.mask)) > 0
-            mr = sitk.GetArrayFromImage(read_volume(case.mr)).astype("float32")
+            mr_unit, mask = reference(case)
             began = time.perf_counter()
-            # The same scales eval and the models use: CT by the data's window, MR as eval normalises it.
-            prediction, a, b = affine_floor(ct_to_unit(sitk.GetArrayFromImage(ct), ct_window),
-                                            normalise_reference(mr, mask, "mr"), mask)
-            seconds[case.id], fits[case.id] = time.perf_counter() - began, {"a": a, "b": b}
+            if key == "constant":
+                prediction = calibration.constant_prediction(mask, value)
+            elif key == "affine":
+                prediction, a, b = calibration.affine_prediction(
+                    ct_to_unit(array(ct), ct_window), mr_unit, mask)
+                record["fits"][case.id] = {"a": a, "b": b}
+            elif key == "other-patient":
+                other = cases[(number + 1) % len(cases)]  # the next test case, cyclically
+                other_unit, _ = reference(other)
+                image = sitk.GetImageFromArray(other_unit)
+                image.CopyInformation(read_volume(other.mr))
+                prediction = calibration.other_patient_prediction(image, ct, mask)
+                record.setdefault("other", {})[case.id] = other.id
+            elif key == "oracle":
+                prediction = calibration.oracle_prediction(array(read_volume(noise_free_mr(case))),
+                                                           array(read_volume(case.mr)), mask)
+            else:
+                prediction = calibration.vae_round_trip(mr_unit, ct.GetSpacing(), mask, models)
+            seconds[case.id] = time.perf_counter() - began
             image = sitk.GetImageFromArray(prediction)
             image.CopyInformation(ct)
             write_volume(image, predictions / f"{case.id}.nii.gz")
-    write_json(folder / CONVERT, {"parameters": 2, "parameters_note": "a and b, fitted per test case",
-                                  "seconds_per_volume": seconds, "fits": fits, "device": "cpu"},
-               overwrite=True)
+    write_json(folder / CONVERT, {**record, "seconds_per_volume": seconds}, overwrite=True)
+
+
+def training_cases(args) -> list:
+    """The SynthRAD cases of SRC in DATA's training split."""
+    from diffma_cli.data.dataset import load_manifest
+    from diffma_cli.data.synthrad import find_cases
+
+    train_ids = set(load_manifest(args.data)["splits"]["train"])
+    return [case for case in find_cases(args.src) if case.id in train_ids]
 
 
 # ---------------------------------------------------------------- the table
@@ -372,14 +422,14 @@ def table_row(out: Path, key: str) -> dict:
     folder = out / key
     metrics = json.loads((folder / METRICS_FILE).read_text(encoding="utf-8"))
     converted = json.loads((folder / CONVERT).read_text(encoding="utf-8"))
-    row = {"key": key, "label": FLOOR_LABEL if key == FLOOR else ENTRIES[key][0],
+    row = {"key": key, "label": row_label(out, key),
            "parameters": converted["parameters"], "train_images": None, "train_images_per_second": None,
            "seconds_per_volume": mean_std(list(converted["seconds_per_volume"].values())),
            "cases": len(metrics["cases"]),
            "metrics": {name: metrics["summary"][name] for name, _, _ in METRICS},
            # relative to OUT, so that table.json stays true wherever the folder is copied
            "files": {"metrics": f"{key}/{METRICS_FILE}", "convert": f"{key}/{CONVERT}"}}
-    if key != FLOOR:
+    if (folder / RUN).is_dir():
         info = json.loads((folder / RUN / "run.json").read_text(encoding="utf-8"))
         from diffma_cli.config import load_recipe
 
@@ -390,9 +440,24 @@ def table_row(out: Path, key: str) -> dict:
     return row
 
 
-# The row every other is compared with case by case: the recipe's model (DiffMa-B/2 with the true spiral),
-# else the first row of the table.
-PAIRED_REFERENCE = "diffma-spiral"
+def row_label(out: Path, key: str) -> str:
+    """The row's label: CALIBRATION's, or ENTRIES' (with the condition for a baseline, and the sample count
+    for a mean-of-K row, key "<entry>-mean<K>")."""
+    if key in CALIBRATION:
+        return CALIBRATION[key]
+    entry, _, samples = key.partition("-mean")
+    label = ENTRIES[entry][0]
+    if not entry.startswith("diffma"):
+        from diffma_cli.config import load_recipe
+
+        run = out / (entry if samples else key) / RUN
+        label += f", {load_recipe(run / 'recipe.yaml').model.condition}"
+    return label + (f", mean of {samples} samples" if samples else "")
+
+
+# The row every other is compared with case by case: the constant predictor (a model must beat it to
+# follow the CT at all), else the first row of the table.
+PAIRED_REFERENCE = "constant"
 
 
 def case_values(out: Path, key: str) -> dict[str, dict]:
@@ -448,7 +513,7 @@ def markdown(table: dict) -> str:
     lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for row in table["rows"]:
         cells = [row["label"],
-                 f"{row['parameters'] / 1e6:.3f}" if row["key"] != FLOOR else "2 per case",
+                 f"{row['parameters'] / 1e6:.3f}" if row["train_images"] is not None else "–",
                  "–" if row["train_images"] is None else str(row["train_images"]),
                  "–" if row["train_images_per_second"] is None else f"{row['train_images_per_second']:.1f}",
                  cell(row["seconds_per_volume"], 2),
@@ -475,7 +540,7 @@ def markdown(table: dict) -> str:
 
 
 def write_table(out: Path, keys: list[str], plan: dict, sampling: str) -> dict:
-    done = [key for key in [*keys, FLOOR] if (out / key / METRICS_FILE).is_file()]
+    done = [key for key in keys if (out / key / METRICS_FILE).is_file()]
     table = {"plan": plan, "sampling": sampling, "rows": [table_row(out, key) for key in done],
              "paired": paired_differences(out, done) if len(done) > 1 else None}
     write_json(out / TABLE_JSON, table, overwrite=True)
@@ -511,6 +576,13 @@ def parse_args(argv: list[str] | None):
                                                       "(default: train one into OUT/embedder)")
     parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpm"), help="default: the recipe's")
     parser.add_argument("--sample-steps", type=int, help="sampling steps (default: the recipe's)")
+    parser.add_argument("--samples", type=int, default=1,
+                        help="also score the mean of K samples of the --samples-of rows (rows <key>-mean<K>)")
+    parser.add_argument("--samples-of", default="",
+                        help="comma-separated rows for --samples (default: the first backbone)")
+    parser.add_argument("--calibration", default=",".join(CALIBRATION),
+                        help=f"calibration rows, a subset of: {', '.join(CALIBRATION)} (the oracle needs "
+                             "`diffma synth` data; default: all the data allow)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -525,21 +597,38 @@ def run(args) -> dict:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     say(f"{len(keys)} backbone(s), {len(cases)} test case(s) -> {out}")
+    # The calibration rows first (cheap; all but the VAE's need no training), so that an interrupted run
+    # already has the rows every model is read against.
+    window = load_manifest(args.data).get("options", {}).get("ct_window") or recipe.data.ct_window_hu
+    wanted = [key.strip() for key in args.calibration.split(",") if key.strip()]
+    calibration = [key for key in calibration_keys(cases) if key in wanted and not (key == "vae-ceiling"
+                                                                                     and not keys)]
+    for key in calibration:
+        if key != "vae-ceiling":
+            calibration_entry(args, out, key, cases, tuple(window), None)
+            evaluate_entry(args, out / key)
     embedder = ensure_embedder(args, out, recipe)
     plan = plan_budget(args, out, recipe, keys, embedder)
-    warn_about_ema(recipe, plan["steps"])
+    rows = []
     for number, key in enumerate(keys, 1):
         say(f"[{number}/{len(keys)}] {key}: {ENTRIES[key][0]}")
         folder = out / key
         run_dir = train_entry(args, folder, entry_recipe(recipe, key, plan["steps"]), embedder)
         convert_entry(args, folder, run_dir, cases)
         evaluate_entry(args, folder)
-    window = load_manifest(args.data).get("options", {}).get("ct_window") or recipe.data.ct_window_hu
-    floor_entry(args, out / FLOOR, cases, tuple(window))
-    evaluate_entry(args, out / FLOOR)
+        rows.append(key)
+        if args.samples > 1 and key in (args.samples_of.split(",") if args.samples_of else keys[:1]):
+            averaged = out / f"{key}-mean{args.samples}"
+            convert_entry(args, averaged, run_dir, cases, samples=args.samples)
+            evaluate_entry(args, averaged)
+            rows.append(averaged.name)
+        if number == 1 and "vae-ceiling" in calibration:  # every row shares the recipe's VAE
+            calibration_entry(args, out, "vae-ceiling", cases, tuple(window), run_dir)
+            evaluate_entry(args, out / "vae-ceiling")
+    rows += calibration
     sampling = (f"{args.sampler or recipe.sampling.sampler}, "
                 f"{args.sample_steps or recipe.sampling.steps} steps")
-    table = write_table(out, keys, plan, sampling)
+    table = write_table(out, rows, plan, sampling)
     print(markdown(table), flush=True)
     say(f"table: {out / TABLE_MD}, {out / TABLE_JSON}")
     return table

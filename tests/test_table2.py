@@ -16,7 +16,8 @@ TINY = ["--recipe", "demo", "--set", "model.depth=1", "--set", "model.hidden_siz
         "--set", "embedder.patch_size=2", "--set", "embedder.embed_dim=32",
         "--set", "embedder.training.steps=2", "--set", "training.global_batch_size=2",
         "--set", "sampling.batch_size=32", "--sample-steps", "1", "--device", "cpu", "--quiet"]
-BACKBONES = ["diffma-spiral", "dit"]
+BACKBONES = ["diffma-latent", "dit"]
+CALIBRATION = ["constant", "other-patient", "affine", "oracle", "vae-ceiling"]
 
 
 def load_script():
@@ -44,17 +45,18 @@ def test_tiny_table_end_to_end(table2, tiny_tree, capsys):
     data, src, out = tiny_tree
     args = [str(data), str(src), "-o", str(out), "--backbones", ",".join(BACKBONES), "--steps", "2", *TINY]
     assert table2.main(args) == 0
-    assert "| DiffMa-B/2, spiral scan |" in capsys.readouterr().out  # the final table is printed
+    assert "| DiffMa-B/2, latent |" in capsys.readouterr().out  # the final table is printed
     check_rows_come_from_the_files_each_stage_wrote(table2, out)
     check_markdown_cells_are_the_metrics_files_rounded(table2, out)
     check_paired_differences_against_scipy(out)
+    check_calibration_rows_against_numpy(out, src, data)
     check_a_second_call_skips_finished_stages_and_redoes_a_missing_one(table2, args, out, capsys)
     check_a_stopped_training_resumes_from_its_checkpoint(table2, args, out, capsys)
 
 
 def check_rows_come_from_the_files_each_stage_wrote(table2, out):
     table = json.loads((out / "table.json").read_text())
-    assert [row["key"] for row in table["rows"]] == [*BACKBONES, "affine-floor"]
+    assert [row["key"] for row in table["rows"]] == [*BACKBONES, *CALIBRATION]
     assert table["plan"]["steps"] == 2 and table["plan"]["images"] == 4
     from diffma_cli.train.run_folder import load_run
 
@@ -69,14 +71,18 @@ def check_rows_come_from_the_files_each_stage_wrote(table2, out):
         for name, _, _ in table2.METRICS:
             assert row["metrics"][name] == metrics["summary"][name]
             values = [case[name] for case in metrics["cases"]]  # the summary is over these cases
+            if row["key"] == "constant" and name == "pearson":
+                assert values == [None, None] and row["metrics"][name]["mean"] is None  # undefined
+                continue
             assert row["metrics"][name]["mean"] == pytest.approx(np.mean(values), rel=1e-12)
             assert row["metrics"][name]["std"] == pytest.approx(np.std(values, ddof=1), rel=1e-12)
         seconds = list(converted["seconds_per_volume"].values())
         assert sorted(converted["seconds_per_volume"]) == sorted(case["case"] for case in metrics["cases"])
         assert row["seconds_per_volume"]["mean"] == pytest.approx(np.mean(seconds), rel=1e-12)
         assert row["parameters"] == converted["parameters"]
-        if row["key"] == "affine-floor":
-            assert row["train_images"] is None and row["parameters"] == 2
+        if row["key"] in CALIBRATION:
+            assert row["train_images"] is None
+            assert row["parameters"] == {"constant": 1, "affine": 2}.get(row["key"], 0)
             continue
         assert (out / row["files"]["run"]).resolve() == (folder / "run" / "run.json").resolve()
         run = load_run(folder / "run")
@@ -85,8 +91,12 @@ def check_rows_come_from_the_files_each_stage_wrote(table2, out):
         assert row["train_images"] == run.info["steps"] * run.recipe.training.global_batch_size == 4
         # The same recipe for both, but each its own backbone.
         assert run.backbone.config["depth"] == 1 and run.backbone.config["hidden_size"] == 32
-        assert row["model"] == {"diffma-spiral": "DiffMa-B/2", "dit": "DiT-B/2"}[row["key"]]
-    assert load_run(out / "diffma-spiral" / "run").backbone.config["scan"] == "spiral"
+        assert row["model"] == {"diffma-latent": "DiffMa-B/2", "dit": "DiT-B/2"}[row["key"]]
+    diffma = load_run(out / "diffma-latent" / "run").backbone.config
+    assert (diffma["scan"], diffma["condition"]) == ("spiral", "latent")
+    # the baseline takes the recipe's condition (the demo recipe's) and its label says which
+    assert load_run(out / "dit" / "run").backbone.config["condition"] == "latent"
+    assert table["rows"][1]["label"] == "DiT-B/2, latent"
 
 
 def check_markdown_cells_are_the_metrics_files_rounded(table2, out):
@@ -96,11 +106,14 @@ def check_markdown_cells_are_the_metrics_files_rounded(table2, out):
     lines = [line for line in first_table.splitlines() if line.startswith("| ")]
     header, rows = lines[0], lines[1:]
     assert header.count("|") == 5 + len(table2.METRICS) + 1
-    assert len(rows) == 3
+    assert len(rows) == len(BACKBONES) + len(CALIBRATION)
     for line, row in zip(rows, table["rows"], strict=True):
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         metrics = json.loads((out / row["key"] / "metrics.json").read_text())["summary"]
         for cell, (name, _, decimals) in zip(cells[5:], table2.METRICS, strict=True):
+            if row["key"] == "constant" and name == "pearson":
+                assert cell == "–"  # a constant has no correlation
+                continue
             mean, std = (float(part) for part in cell.split("±"))
             assert mean == round(metrics[name]["mean"], decimals)
             assert std == round(metrics[name]["std"], decimals)
@@ -108,8 +121,8 @@ def check_markdown_cells_are_the_metrics_files_rounded(table2, out):
 
 
 def check_a_second_call_skips_finished_stages_and_redoes_a_missing_one(table2, args, out, capsys):
-    kept = {path: path.stat().st_mtime_ns for path in [out / "diffma-spiral" / "run" / "run.json",
-                                                        out / "diffma-spiral" / "metrics.json",
+    kept = {path: path.stat().st_mtime_ns for path in [out / "diffma-latent" / "run" / "run.json",
+                                                        out / "diffma-latent" / "metrics.json",
                                                         out / "dit" / "run" / "backbone.safetensors",
                                                         out / "dit" / "convert.json"]}
     old_table = json.loads((out / "table.json").read_text())
@@ -117,9 +130,9 @@ def check_a_second_call_skips_finished_stages_and_redoes_a_missing_one(table2, a
     capsys.readouterr()
     assert table2.main(args) == 0
     printed = capsys.readouterr().out
-    assert "diffma-spiral: training finished before, skipped" in printed
+    assert "diffma-latent: training finished before, skipped" in printed
     assert "dit: conversion finished before, skipped" in printed
-    assert "dit: scoring" in printed and "diffma-spiral: scoring" not in printed
+    assert "dit: scoring" in printed and "diffma-latent: scoring" not in printed
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in kept.items())
     assert json.loads((out / "table.json").read_text()) == old_table  # the same predictions, the same scores
     # A different budget for the same folder would make rows incomparable: refused, exit 2.
@@ -140,22 +153,9 @@ def check_a_stopped_training_resumes_from_its_checkpoint(table2, args, out, caps
     assert resumed["finished"] and resumed["steps"] == 2 and resumed["resumed"]
 
 
-def test_the_floor_is_the_least_squares_affine_map_inside_the_mask(table2):
-    rng = np.random.default_rng(0)
-    ct = rng.uniform(-1, 1, (4, 6, 5)).astype(np.float32)
-    mask = rng.uniform(size=ct.shape) > 0.3
-    mr = (0.6 * ct - 0.1 + rng.normal(0, 0.05, ct.shape)).astype(np.float32)
-    mr[~mask] = 5.0  # values outside the mask must not enter the fit
-    prediction, a, b = table2.affine_floor(ct, mr, mask)
-    slope, intercept = np.polyfit(ct[mask].astype(np.float64), mr[mask].astype(np.float64), 1)
-    assert a == pytest.approx(slope, rel=1e-9) and b == pytest.approx(intercept, rel=1e-9)
-    np.testing.assert_allclose(prediction[mask], np.clip(slope * ct[mask] + intercept, -1, 1), atol=1e-6)
-    assert (prediction[~mask] == -1).all()
-
-
 def test_a_time_budget_splits_the_minutes_by_the_probed_speeds(table2, tiny_tree, monkeypatch, tmp_path):
     data, src, _ = tiny_tree
-    speeds = {"diffma-spiral": 10.0, "dit": 40.0}  # images/s
+    speeds = {"diffma-latent": 10.0, "dit": 40.0}  # images/s
     monkeypatch.setattr(table2, "probe_speed", lambda args, out, recipe, key, embedder: speeds[key])
     args = table2.parse_args([str(data), str(src), "-o", str(tmp_path), "--train-minutes", "2", *TINY])
     recipe = table2.base_recipe(args)
@@ -163,30 +163,30 @@ def test_a_time_budget_splits_the_minutes_by_the_probed_speeds(table2, tiny_tree
     # 120 s shared so that both see the same images: images / 10 + images / 40 = 120 -> 960 images.
     assert plan["images"] == 960 and plan["steps"] == 480 and plan["global_batch_size"] == 2
     assert json.loads((tmp_path / "plan.json").read_text())["steps"] == 480
-    assert math.isclose(plan["images"] / speeds["diffma-spiral"] + plan["images"] / speeds["dit"], 120)
+    assert math.isclose(plan["images"] / speeds["diffma-latent"] + plan["images"] / speeds["dit"], 120)
 
 
 def test_unknown_backbone_is_one_line_with_the_choices(table2, tiny_tree, tmp_path, capsys):
     data, src, _ = tiny_tree
     assert table2.main([str(data), str(src), "-o", str(tmp_path), "--backbones", "unet", *TINY]) == 2
     message = capsys.readouterr().err.strip()
-    assert message.startswith("table2: error:") and "diffma-spiral" in message and "\n" not in message
+    assert message.startswith("table2: error:") and "diffma-latent" in message and "\n" not in message
 
 
 def check_paired_differences_against_scipy(out):
-    """The paired block: per-case differences to the spiral DiffMa row, their mean and scipy's paired t."""
+    """The paired block: per-case differences to the constant row, their mean and scipy's paired t."""
     from scipy.stats import ttest_rel
 
     table = json.loads((out / "table.json").read_text())
     paired = table["paired"]
-    assert paired["reference"] == "diffma-spiral"
-    assert set(paired["rows"]) == {row["key"] for row in table["rows"]} - {"diffma-spiral"}
+    assert paired["reference"] == "constant"
+    assert set(paired["rows"]) == {row["key"] for row in table["rows"]} - {"constant"}
 
     def per_case(key):
         cases = json.loads((out / key / "metrics.json").read_text())["cases"]
         return {case["case"]: case for case in cases}
 
-    reference = per_case("diffma-spiral")
+    reference = per_case("constant")
     for key, differences in paired["rows"].items():
         row = per_case(key)
         cases = sorted(reference)
@@ -198,6 +198,45 @@ def check_paired_differences_against_scipy(out):
             assert got["n"] == 2 and got["mean"] == pytest.approx(float(np.mean(mine - base)), abs=1e-12)
             assert got["t"] == pytest.approx(float(ttest_rel(mine, base).statistic), rel=1e-9)
     text = (out / "table.md").read_text(encoding="utf-8")
-    assert "| row − DiffMa-B/2, spiral scan | Δ MAE |" in text
+    assert "| row − constant: mean training MR inside the mask | Δ MAE |" in text
     mae = paired["rows"]["dit"]["mae"]
-    assert f"| DiT-B/2 | {mae['mean']:+.4f} (t {mae['t']:+.1f}) |" in text
+    assert f"| DiT-B/2, latent | {mae['mean']:+.4f} (t {mae['t']:+.1f}) |" in text
+
+
+def _normalised_mr(folder):
+    """A case's MR on eval's scale, written out with numpy alone: the 0.5th/99.5th percentiles inside the
+    mask map to -1/+1, clipped."""
+    import SimpleITK as sitk
+
+    mr = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "mr.nii.gz"))).astype(np.float64)
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "mask.nii.gz"))) > 0
+    low, high = np.percentile(mr[mask], [0.5, 99.5])
+    return np.clip(2 * (mr - low) / (high - low) - 1, -1, 1), mask, (low, high)
+
+
+def check_calibration_rows_against_numpy(out, src, data):
+    import SimpleITK as sitk
+
+    manifest = json.loads((data / "manifest.json").read_text())
+    cases = {folder.name: folder for folder in (src / "brain").iterdir() if folder.name.startswith("1B")}
+    train = [_normalised_mr(cases[case]) for case in manifest["splits"]["train"]]
+    constant = np.concatenate([mr[mask] for mr, mask, _ in train]).mean()
+    for case in manifest["splits"]["test"]:
+        reference, mask, (low, high) = _normalised_mr(cases[case])
+
+        def read(row):
+            return sitk.GetArrayFromImage(sitk.ReadImage(str(out / row / "predictions" / f"{case}.nii.gz")))
+
+        np.testing.assert_allclose(read("constant")[mask], constant, rtol=1e-6)
+        assert (read("constant")[~mask] == -1).all()
+        clean = sitk.GetArrayFromImage(sitk.ReadImage(str(cases[case] / "truth" / "mr_noise_free.nii.gz")))
+        oracle = np.clip(2 * (clean[mask] - low) / (high - low) - 1, -1, 1)
+        np.testing.assert_allclose(read("oracle")[mask], oracle, atol=1e-5)
+        scored = {record["case"]: record for record in json.loads((out / "oracle" / "metrics.json").read_text())
+                  ["cases"]}
+        expected_mae = np.abs(read("oracle")[mask].astype(np.float64) - reference[mask]).mean()
+        assert scored[case]["mae"] == pytest.approx(expected_mae, rel=1e-5)
+        ct = sitk.GetArrayFromImage(sitk.ReadImage(str(cases[case] / "ct.nii.gz"))).astype(np.float64)
+        ct_unit = (np.clip(ct[mask], -1024, 3000) + 1024) / 4024 * 2 - 1  # the recipe's HU window
+        slope, intercept = np.polyfit(ct_unit, reference[mask], 1)
+        np.testing.assert_allclose(read("affine")[mask], np.clip(slope * ct_unit + intercept, -1, 1), atol=1e-5)

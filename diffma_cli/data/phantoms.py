@@ -86,6 +86,9 @@ class Phantom:
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float]
     info: dict = field(default_factory=dict)
+    #: The MR before noise (tissue table x texture x bias field x gain, float32 scanner units): the best
+    #: prediction any model could make from the anatomy (the oracle of docs/quality.md).
+    mr_noise_free: np.ndarray | None = None
 
 
 def case_rng(seed: int, anatomy: str, index: int) -> np.random.Generator:
@@ -462,8 +465,9 @@ def _render_ct(rng, canvas: _Canvas, anatomy: str) -> tuple[np.ndarray, dict]:
                                                                  "bone_density": round(density, 3)}
 
 
-def _render_mr(rng, canvas: _Canvas, weighting: str) -> tuple[np.ndarray, dict]:
-    """MR in scanner units (int16): tissue table x texture x bias field x gain, with Rician noise."""
+def _render_mr(rng, canvas: _Canvas, weighting: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """MR in scanner units (int16): tissue table x texture x bias field x gain, with Rician noise; and the
+    same before the noise (float32)."""
     from scipy import ndimage
 
     table = np.array([t.t2 if weighting == "T2" else t.t1 for t in TISSUES.values()], np.float32)
@@ -477,13 +481,14 @@ def _render_mr(rng, canvas: _Canvas, weighting: str) -> tuple[np.ndarray, dict]:
     bias = np.exp(0.15 * _smooth_field(rng, canvas, 150.0, rank=2))  # receive-coil sensitivity
     gain = rng.uniform(300.0, 1500.0)  # arbitrary scanner units
     mr *= bias * np.float32(gain)
+    noise_free = mr.astype(np.float32, copy=True)
     sigma = np.float32(rng.uniform(0.01, 0.03) * gain)
     # Rician noise: magnitude of a complex signal with Gaussian noise in both channels.
     real = mr + sigma * rng.standard_normal(mr.shape, dtype=np.float32)
     imaginary = sigma * rng.standard_normal(mr.shape, dtype=np.float32)
     mr = np.sqrt(real * real + imaginary * imaginary)
-    return np.clip(np.rint(mr), 0, 32767).astype(np.int16), {"mr_gain": round(gain, 1),
-                                                             "mr_noise": round(float(sigma), 2)}
+    return np.clip(np.rint(mr), 0, 32767).astype(np.int16), noise_free, {"mr_gain": round(gain, 1),
+                                                                         "mr_noise": round(float(sigma), 2)}
 
 
 def _grid_shape(extent_xyz, spacing_xyz) -> list[int]:
@@ -526,9 +531,10 @@ def make_phantom(anatomy: str, rng: np.random.Generator, scale: float = 1.0, cen
     mask = (depth > -rng.uniform(3.0, 8.0)).astype(np.uint8)
     del depth
     ct, ct_info = _render_ct(rng, canvas, anatomy)
-    mr, mr_info = _render_mr(rng, canvas, weighting)
+    mr, mr_noise_free, mr_info = _render_mr(rng, canvas, weighting)
     origin = tuple(float(v) for v in (-shape[2] * spacing[0] / 2 + rng.uniform(-30, 30),
                                       -shape[1] * spacing[1] / 2 + rng.uniform(-30, 30),
                                       rng.uniform(-250.0, 50.0)))
     info.update(ct_info, **mr_info, shape_zyx=list(shape), spacing_xyz=list(spacing))
-    return Phantom(ct=ct, mr=mr, mask=mask, labels=canvas.labels, spacing=spacing, origin=origin, info=info)
+    return Phantom(ct=ct, mr=mr, mask=mask, labels=canvas.labels, spacing=spacing, origin=origin, info=info,
+                   mr_noise_free=mr_noise_free)

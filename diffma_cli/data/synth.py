@@ -1,6 +1,9 @@
 """Write a SynthRAD2023-shaped tree of synthetic cases (the library side of `diffma synth`).
 
     OUT/Task1/brain/1BA001/{ct,mr,mask}.nii.gz     brain: centres A, B, C in turn (1BA001, 1BB001, ...)
+    OUT/Task1/brain/1BA001/truth/mr_noise_free.nii.gz  the MR before noise (float32, gain and bias field
+    OUT/Task1/brain/1BA001/truth/labels.nii.gz         kept) and the tissue label map (uint8): what only
+                                                       a phantom knows, for the oracle row of a benchmark
     OUT/Task1/brain/overview/1_brain_overview.csv  one row per case: centre, MR weighting, shape, spacing, ...
     OUT/Task1/brain/overview/1BA001.png            middle axial slice: CT | MR | mask
     OUT/Task1/pelvis/1PA001/...                     pelvis: centres A and C in turn
@@ -20,6 +23,8 @@ from diffma_cli.io.atomic import atomic_dir
 
 # SynthRAD2023 Task 1 centres per anatomy (REFERENCE.md §3: brain from A/B/C, pelvis from A and C).
 CENTRES = {"brain": ("A", "B", "C"), "pelvis": ("A", "C")}
+# Subfolder of each case with what only a phantom knows (noise-free MR, label map).
+TRUTH = "truth"
 # Grid coarsening per --size: "small" makes 4x coarser voxels (about 64x fewer) for tests and the CPU demo.
 SIZES = {"full": 1.0, "small": 0.25}
 
@@ -54,8 +59,12 @@ def write_case(folder: Path, anatomy: str, index: int, seed: int, scale: float) 
     phantom = make_phantom(anatomy, case_rng(seed, anatomy, index), scale=scale, centre=centre)
     case_folder = folder / anatomy / identifier
     case_folder.mkdir(parents=True)
-    for name in ("ct", "mr", "mask"):
-        image = sitk.GetImageFromArray(getattr(phantom, name))
+    # The truth lives in a subfolder so that case discovery and prepare see SynthRAD's three files only.
+    (case_folder / TRUTH).mkdir()
+    volumes = {"ct": phantom.ct, "mr": phantom.mr, "mask": phantom.mask,
+               f"{TRUTH}/mr_noise_free": phantom.mr_noise_free, f"{TRUTH}/labels": phantom.labels}
+    for name, values in volumes.items():
+        image = sitk.GetImageFromArray(values)
         image.SetSpacing(phantom.spacing)
         image.SetOrigin(phantom.origin)
         write_volume(image, case_folder / f"{name}.nii.gz")

@@ -49,7 +49,8 @@ BASELINE_SCANS = ("released", "path")
 
 
 class MambaBaselineBlock(nn.Module):
-    """Tokens (N, T, D), condition c (N, 2D) or (N, T, 2D) -> (N, T, D): x + gate · mixer(LN(x)·(1 + scale) + shift).
+    """Tokens (N, T, D), condition c (N, 2D) or (N, T, 2D) -> (N, T, D):
+    x + gate · mixer(LN(x)·(1 + scale) + shift).
 
     `mixer` is the block's one Mamba mixer (N, T, D) -> (N, T, D), reading the family's token orders.
     The soft mask w is accepted for DiffMa's signature and ignored, as released.

@@ -24,7 +24,8 @@ CONDITIONS = ("released", "tokens", "latent", "latent+tokens")
 def check_condition(name: str, condition: str) -> str:
     """`condition` if it is a known mode, else InputError naming the model and the choices."""
     if condition not in CONDITIONS:
-        raise InputError(f"{name}: unknown condition {condition!r}", hint=f"choose one of {', '.join(CONDITIONS)}")
+        raise InputError(f"{name}: unknown condition {condition!r}",
+                         hint=f"choose one of {', '.join(CONDITIONS)}")
     return condition
 
 
