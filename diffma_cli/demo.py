@@ -27,6 +27,9 @@ class DemoResult:
     metrics: Path
     report: Path
     summary: dict
+    #: MAE of predicting one constant MR value inside the mask (the training cases' mean), on the same test
+    #: cases: a model that does not beat it does not follow the CT.
+    constant_mae: float
 
 
 def _stage(say: Callable[[str], None], number: int, text: str) -> None:
@@ -72,8 +75,9 @@ def run_demo(out: str | Path, *, overwrite: bool = False, device: str = "cpu", c
     _stage(say, 5, f"train: a tiny {recipe.model.name} (scan {recipe.model.scan}) -> {run_dir}")
     train_diffusion(data, run_dir, recipe, embedder_dir, device=device, progress=progress)
 
-    manifest_splits = _test_cases(data)
-    test_cases = [case for case in find_cases(source / "Task1" / "brain") if case.id in manifest_splits]
+    split = load_manifest(data)["splits"]
+    every_case = find_cases(source / "Task1" / "brain")
+    test_cases = [case for case in every_case if case.id in split["test"]]
     _stage(say, 6, f"convert: {len(test_cases)} test CT volume(s) -> {predictions}")
     predictions.mkdir()
     for case in test_cases:
@@ -84,10 +88,33 @@ def run_demo(out: str | Path, *, overwrite: bool = False, device: str = "cpu", c
     report = evaluation / "report"
     summary = evaluate_cases(pairs, modality="mr", protocol="both", output=metrics, report=report,
                              progress=progress)
-    return DemoResult(out, run_dir, predictions, metrics, report / "index.html", summary["summary"])
+    train_cases = [case for case in every_case if case.id in split["train"]]
+    return DemoResult(out, run_dir, predictions, metrics, report / "index.html", summary["summary"],
+                      constant_mae(train_cases, test_cases))
 
 
-def _test_cases(data: Path) -> set[str]:
-    from diffma_cli.data.dataset import load_manifest
+def constant_mae(train_cases: list, test_cases: list) -> float:
+    """Mean over `test_cases` of the MAE inside the mask of the constant predictor (the training cases' mean
+    normalised MR inside their masks), on the scale `diffma eval` uses."""
+    import numpy as np
+    import SimpleITK as sitk
 
-    return set(load_manifest(data)["splits"]["test"])
+    from diffma_cli.evaluation.calibration import pooled_mean
+    from diffma_cli.evaluation.metrics import masked_mae
+    from diffma_cli.evaluation.scales import normalise_reference
+
+    def normalised(case) -> tuple[np.ndarray, np.ndarray]:
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(case.mask))) > 0
+        mr = sitk.GetArrayFromImage(sitk.ReadImage(str(case.mr))).astype(np.float32)
+        return normalise_reference(mr, mask, "mr"), mask
+
+    value = pooled_mean(normalised(case) for case in train_cases)
+    scores = [masked_mae(np.full(mr.shape, value, np.float32), mr, mask)
+              for mr, mask in map(normalised, test_cases)]
+    return float(np.mean(scores))
+
+
+def load_manifest(data: Path) -> dict:
+    from diffma_cli.data.dataset import load_manifest as read
+
+    return read(data)

@@ -42,6 +42,8 @@ def test_train_writes_a_run_folder_that_load_run_reads(prepared_data, embedder_r
     loaded = load_run(run)
     assert loaded.backbone.config["name"] == "DiffMa-S/7" and loaded.backbone.config["scan"] == "spiral"
     assert loaded.backbone.config["hidden_size"] == 32 and not loaded.backbone.training
+    # the recipe's condition for new models reaches the weights file
+    assert loaded.backbone.config["condition"] == loaded.recipe.model.condition == "latent"
     # The run holds a copy of the embedder it was trained with.
     original = load_model(embedder_run / "embedder.safetensors")
     for key, value in original.state_dict().items():
@@ -106,6 +108,8 @@ def test_resumed_diffusion_training_repeats_the_uninterrupted_losses(prepared_da
     (["--backbone", "unet"], "--backbone 'unet' is not one of: diffma, dit"),
     (["--size", "Q"], "there is no model DiffMa-Q/7"),
     (["--scan", "zigzag"], "--scan 'zigzag' is not one of"),
+    (["--condition", "spatial"], "--condition 'spatial' is not one of: released, tokens, latent"),
+    (["--set", "model.condition=spatial"], "model.condition='spatial' is not one of"),
     (["--set", "training.lrr=1"], "unknown recipe key training.lrr"),
     (["--set", "model.hidden_size=wide"], "model.hidden_size must be int"),
     (["--recipe", "nowhere.yaml"], "no such recipe file"),
