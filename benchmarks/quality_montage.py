@@ -45,7 +45,8 @@ def montage(out: Path, src: Path, rows: list[str], cases: int) -> tuple[np.ndarr
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="a benchmarks/table2.py output folder")
     parser.add_argument("src", type=Path, help="the SynthRAD Task 1 tree")
     parser.add_argument("-o", "--output", type=Path, required=True, help="PNG to write")

@@ -97,8 +97,11 @@ def write_json(path: Path, values: dict, overwrite: bool = False) -> None:
 # ---------------------------------------------------------------- inputs
 
 def choose_entries(text: str) -> list[str]:
+    """The ENTRIES keys of a comma-separated list; "none" for the calibration rows alone."""
     from diffma_cli.errors import InputError
 
+    if text.strip() == "none":
+        return []
     keys = [key.strip() for key in text.split(",") if key.strip()]
     unknown = [key for key in keys if key not in ENTRIES]
     if unknown or not keys:
@@ -560,7 +563,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("src", type=Path, help="the SynthRAD Task 1 tree DATA was prepared from")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output folder (resumable)")
     parser.add_argument("--backbones", default=",".join(ENTRIES),
-                        help=f"comma-separated subset of: {', '.join(ENTRIES)} (default: all)")
+                        help=f"comma-separated subset of: {', '.join(ENTRIES)} (default: all); none: the "
+                             "calibration rows alone")
     parser.add_argument("--recipe", default="brain", help="brain, pelvis, demo or a YAML file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe override for every backbone, e.g. --set training.global_batch_size=32")
@@ -607,8 +611,11 @@ def run(args) -> dict:
         if key != "vae-ceiling":
             calibration_entry(args, out, key, cases, tuple(window), None)
             evaluate_entry(args, out / key)
-    embedder = ensure_embedder(args, out, recipe)
-    plan = plan_budget(args, out, recipe, keys, embedder)
+    if keys:
+        embedder = ensure_embedder(args, out, recipe)
+        plan = plan_budget(args, out, recipe, keys, embedder)
+    else:
+        plan = None
     rows = []
     for number, key in enumerate(keys, 1):
         say(f"[{number}/{len(keys)}] {key}: {ENTRIES[key][0]}")

@@ -7,7 +7,7 @@ while [ ! -f "$work/logs/EXITED" ] && [ "$(date +%s)" -lt "$deadline" ]; do slee
 cat "$work/logs/progress.txt" "$work/logs/EXITED" 2>/dev/null
 [ -f "$work/table2/table.md" ] && cat "$work/table2/table.md"
 cd "$work" 2>/dev/null || exit 0
-find logs table2 vae embedder -maxdepth 3 \( -name '*.txt' -o -name '*.json' -o -name '*.md' -o -name '*.jsonl' \
+find logs table2 calibration vae embedder -maxdepth 3 \( -name '*.txt' -o -name '*.json' -o -name '*.md' -o -name '*.jsonl' \
   -o -name '*.csv' -o -name '*.yaml' -o -name '*.png' \) -size -4M 2>/dev/null | tar czf "$OUT/results.tgz" -T -
 cp /tmp/quality.log "$OUT/quality.log" 2>/dev/null
 tail -c 3000 /tmp/quality.log

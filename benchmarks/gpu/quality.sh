@@ -24,9 +24,14 @@ step() { echo "$(date +%T) $*" | tee -a "$work/logs/progress.txt"; }
   diffma train-embedder "$work/data" -o "$work/embedder" --recipe brain "${encoders[@]}" \
     --set encoders.vae="$work/vae" --steps 600 --batch-size 32 --overwrite; }
 step "table2 rows=$rows images=$images"
-python3 benchmarks/table2.py "$work/data" "$work/synthrad/Task1" -o "$work/table2" --recipe brain "${encoders[@]}" \
-  --set encoders.vae="$work/vae" --embedder "$work/embedder" --backbones "$rows" --images "$images" \
-  --set training.global_batch_size=32 --set sampling.batch_size=64 --sampler dpm --sample-steps 20 \
-  --samples "${SAMPLES:-1}" --quiet
+common=("$work/data" "$work/synthrad/Task1" --recipe brain "${encoders[@]}" --set encoders.vae="$work/vae"
+        --sampler dpm --sample-steps 20 --set sampling.batch_size=64 --quiet)
+# The calibration rows need no GPU: they run on the CPU cores beside the trainings, in a folder of their own
+# (benchmarks/table2.py merges nothing; docs/quality.md's table is both folders' rows).
+python3 benchmarks/table2.py "${common[@]}" -o "$work/calibration" --backbones none \
+  --calibration constant,other-patient,affine,oracle > "$work/logs/calibration.log" 2>&1 &
+python3 benchmarks/table2.py "${common[@]}" -o "$work/table2" --embedder "$work/embedder" --backbones "$rows" \
+  --images "$images" --set training.global_batch_size=32 --samples "${SAMPLES:-1}" --calibration vae-ceiling
+wait
 python3 benchmarks/quality_montage.py "$work/table2" "$work/synthrad/Task1" -o "$work/table2/montage.png" --cases 3
 step done
