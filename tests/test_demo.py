@@ -30,10 +30,10 @@ def test_demo_runs_every_stage_and_reports_the_evaluated_metrics(tmp_path):
     # The numbers printed at the end are those of metrics.json.
     shown = re.search(r"SSIM\s+([0-9.]+)", result.stdout)
     assert shown and abs(float(shown.group(1)) - metrics["summary"]["ssim"]["mean"]) < 5e-4
-    # The demo's model (condition latent, a few hundred CPU steps) follows the CT: on the held-out phantom
-    # it beats predicting one constant MR value, whose MAE the demo prints beside its own.
+    # The demo's model (CT latent as input, a few hundred CPU steps) follows the CT: on the held-out
+    # phantom it beats predicting one constant MR value, whose MAE the demo prints beside its own.
     constant = float(re.search(r"MAE of a constant MR value\s+([0-9.]+)", result.stdout).group(1))
-    assert run.recipe.model.condition == "latent"
+    assert run.recipe.model.condition == "latent+tokens"
     assert metrics["summary"]["mae"]["mean"] < 0.8 * constant
     # Existing output is refused without --overwrite: one line, exit 3.
     again = CliRunner().invoke(app, ["demo", "-o", str(out), "--cases", "3"])

@@ -95,8 +95,8 @@ def check_rows_come_from_the_files_each_stage_wrote(table2, out):
     diffma = load_run(out / "diffma-latent" / "run").backbone.config
     assert (diffma["scan"], diffma["condition"]) == ("spiral", "latent")
     # the baseline takes the recipe's condition (the demo recipe's) and its label says which
-    assert load_run(out / "dit" / "run").backbone.config["condition"] == "latent"
-    assert table["rows"][1]["label"] == "DiT-B/2, latent"
+    assert load_run(out / "dit" / "run").backbone.config["condition"] == "latent+tokens"
+    assert table["rows"][1]["label"] == "DiT-B/2, latent+tokens"
 
 
 def check_markdown_cells_are_the_metrics_files_rounded(table2, out):
@@ -200,7 +200,7 @@ def check_paired_differences_against_scipy(out):
     text = (out / "table.md").read_text(encoding="utf-8")
     assert "| row − constant: mean training MR inside the mask | Δ MAE |" in text
     mae = paired["rows"]["dit"]["mae"]
-    assert f"| DiT-B/2, latent | {mae['mean']:+.4f} (t {mae['t']:+.1f}) |" in text
+    assert f"| DiT-B/2, latent+tokens | {mae['mean']:+.4f} (t {mae['t']:+.1f}) |" in text
 
 
 def _normalised_mr(folder):
@@ -224,7 +224,7 @@ def check_calibration_rows_against_numpy(out, src, data):
     for case in manifest["splits"]["test"]:
         reference, mask, (low, high) = _normalised_mr(cases[case])
 
-        def read(row):
+        def read(row, case=case):
             return sitk.GetArrayFromImage(sitk.ReadImage(str(out / row / "predictions" / f"{case}.nii.gz")))
 
         np.testing.assert_allclose(read("constant")[mask], constant, rtol=1e-6)
@@ -232,11 +232,12 @@ def check_calibration_rows_against_numpy(out, src, data):
         clean = sitk.GetArrayFromImage(sitk.ReadImage(str(cases[case] / "truth" / "mr_noise_free.nii.gz")))
         oracle = np.clip(2 * (clean[mask] - low) / (high - low) - 1, -1, 1)
         np.testing.assert_allclose(read("oracle")[mask], oracle, atol=1e-5)
-        scored = {record["case"]: record for record in json.loads((out / "oracle" / "metrics.json").read_text())
-                  ["cases"]}
+        oracle_metrics = json.loads((out / "oracle" / "metrics.json").read_text())
+        scored = {record["case"]: record for record in oracle_metrics["cases"]}
         expected_mae = np.abs(read("oracle")[mask].astype(np.float64) - reference[mask]).mean()
         assert scored[case]["mae"] == pytest.approx(expected_mae, rel=1e-5)
         ct = sitk.GetArrayFromImage(sitk.ReadImage(str(cases[case] / "ct.nii.gz"))).astype(np.float64)
         ct_unit = (np.clip(ct[mask], -1024, 3000) + 1024) / 4024 * 2 - 1  # the recipe's HU window
         slope, intercept = np.polyfit(ct_unit, reference[mask], 1)
-        np.testing.assert_allclose(read("affine")[mask], np.clip(slope * ct_unit + intercept, -1, 1), atol=1e-5)
+        affine = np.clip(slope * ct_unit + intercept, -1, 1)
+        np.testing.assert_allclose(read("affine")[mask], affine, atol=1e-5)

@@ -164,11 +164,11 @@ def train(
                                         "paper: dit, zigma, vim, vmamba, emamba."),
     scan: str | None = typer.Option(None, "--scan", help="DiffMa scan order: spiral (the paper's spiral; "
                                     "default for new models) or released (the released code's order)."),
-    condition: str | None = typer.Option(None, "--condition", help="How the CT reaches the backbone: latent "
-                                         "(the CT latent as input channels; the recipes' default, the mode "
-                                         "that follows the CT, docs/quality.md), tokens (the paper's Eq. 6: "
-                                         "embedder tokens per token), latent+tokens, or released (the "
-                                         "released code's token mean, for its checkpoints)."),
+    condition: str | None = typer.Option(None, "--condition", help="How the CT reaches the backbone: "
+                                         "latent+tokens (the recipes' default, the mode that follows the CT "
+                                         "best, docs/quality.md), latent (the CT latent as input channels), "
+                                         "tokens (the paper's Eq. 6: embedder tokens per token) or released "
+                                         "(the released code's token mean, for its checkpoints)."),
     sets: list[str] = typer.Option([], "--set", help=SET_HELP),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Optimiser steps (overrides epochs)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs over the train slices."),
@@ -193,9 +193,8 @@ def train(
 
       diffma train DATA -o runs/brain-B2 --resume --steps 200000
     """
-    from diffma_cli.train.api import train_diffusion
-
     from diffma_cli.models.conditioning import CONDITIONS
+    from diffma_cli.train.api import train_diffusion
 
     if scan is not None and scan not in SCANS:
         raise InputError(f"--scan {scan!r} is not one of: {', '.join(SCANS)}")

@@ -43,7 +43,7 @@ def test_train_writes_a_run_folder_that_load_run_reads(prepared_data, embedder_r
     assert loaded.backbone.config["name"] == "DiffMa-S/7" and loaded.backbone.config["scan"] == "spiral"
     assert loaded.backbone.config["hidden_size"] == 32 and not loaded.backbone.training
     # the recipe's condition for new models reaches the weights file
-    assert loaded.backbone.config["condition"] == loaded.recipe.model.condition == "latent"
+    assert loaded.backbone.config["condition"] == loaded.recipe.model.condition == "latent+tokens"
     # The run holds a copy of the embedder it was trained with.
     original = load_model(embedder_run / "embedder.safetensors")
     for key, value in original.state_dict().items():
