@@ -59,6 +59,10 @@ ENTRIES: dict[str, tuple[str, dict]] = {
     "diffma-latent-tokens-no-mask": ("DiffMa-B/2, latent+tokens, no soft mask (w = 1)",
                                      _diffma("latent+tokens", False)),
     "diffma-released-scan": ("DiffMa-B/2, released scan and condition", _diffma("released", scan="released")),
+    # The deterministic predictor users would otherwise pick (SynthRAD's winners regress): the same backbone,
+    # data and condition, trained to map the CT latent to the MR latent in one pass.
+    "diffma-regression": ("DiffMa-B/2 as a one-pass regression, latent+tokens",
+                          {**_diffma("latent+tokens"), "diffusion.objective": "regression"}),
     "dit": ("DiT-B/2", {"model.name": "DiT-B/2"}),
     "zigma": ("ZigMa-BL/2", {"model.name": "ZigMa-BL/2"}),
     "vim": ("ViM-BL/2", {"model.name": "ViM-BL/2"}),

@@ -25,6 +25,7 @@ BUILTIN_RECIPES = ("brain", "pelvis", "demo")
 DIRECTIONS = ("ct->mr", "mr->ct")
 PRECISIONS = ("auto", "fp32", "bf16")
 SCANS = ("released", "spiral")
+OBJECTIVES = ("diffusion", "regression")
 
 
 @dataclass
@@ -114,11 +115,18 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
-    """IDDPM Gaussian diffusion used for training (REFERENCE.md section 1)."""
+    """IDDPM Gaussian diffusion used for training (REFERENCE.md section 1).
+
+    `objective` "diffusion" (default) trains the backbone to denoise; "regression" (ours, a comparison row)
+    trains the same backbone to map the CT latent to the MR latent in one pass (input x = 0, t = 0, MSE on
+    the first C output channels): the deterministic predictor users would otherwise pick. It needs a
+    condition that gives the backbone the CT latent (`latent` or `latent+tokens`).
+    """
 
     num_timesteps: int = 1000
     noise_schedule: str = "linear"
     learn_sigma: bool = True
+    objective: str = "diffusion"
 
 
 @dataclass
@@ -164,6 +172,7 @@ class Recipe:
         from diffma_cli.models.conditioning import CONDITIONS  # no torch import: conditioning is plain Python
 
         _choice("model.condition", self.model.condition, CONDITIONS)
+        _choice("diffusion.objective", self.diffusion.objective, OBJECTIVES)
         for prefix, training in (("vae.training", self.vae.training),
                                  ("embedder.training", self.embedder.training),
                                  ("training", self.training)):

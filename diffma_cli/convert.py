@@ -47,6 +47,7 @@ from diffma_cli.data.slicing import (
 from diffma_cli.diffusion.gaussian import DIFFUSION_STEPS
 from diffma_cli.diffusion.samplers import SAMPLERS, draw_noise, sample
 from diffma_cli.errors import InputError
+from diffma_cli.models.backbone import regression_latents
 
 NOISE_MODES = ("independent", "shared", "correlated")
 DEFAULT_NOISE = "independent"
@@ -323,7 +324,14 @@ def sample_slices(models: ConversionModels, slices: np.ndarray, options: Samplin
         for start in batches:
             stop = start + options.batch_size
             images = torch.from_numpy(slices[start:stop]).to(device)[:, None]  # (b, 1, S, S)
-            model_fn = _denoiser(models, *_condition(models, images, clock), clock)
+            conditions = _condition(models, images, clock)
+            if models.recipe.diffusion.objective == "regression":  # one deterministic pass, no sampling
+                with clock("backbone"):
+                    latents = regression_latents(models.backbone, *conditions)
+                out[:, start:stop] = _decode(models, latents, clock)
+                bar.update(options.samples)
+                continue
+            model_fn = _denoiser(models, *conditions, clock)
             for k in range(options.samples):
                 initial = noises[k][start:stop].to(device)
                 latents = sample(model_fn, tuple(initial.shape), sampler=options.sampler,

@@ -99,3 +99,12 @@ class ConditionedBackbone(nn.Module):
         tokens = run_with_long_skips(self.blocks, tokens, lambda block, h: block(h, c, w))  # (N, T, D)
         patches = self.final_layer(tokens, c)  # (N, T, p²·out_channels)
         return unpatchify(patches, self.patch_size, self.out_channels, grid)  # (N, out_channels, H, W)
+
+
+def regression_latents(model: nn.Module, y: torch.Tensor, y2: torch.Tensor, w: torch.Tensor,
+                       source: torch.Tensor) -> torch.Tensor:
+    """The `regression` objective's prediction (config.DiffusionConfig): the backbone's first C output
+    channels for x = 0 and t = 0 with the CT latent `source` (N, C, h, w) as its input -> (N, C, h, w) MR
+    latents. `model` may be wrapped (DDP, torch.compile): only its forward is called."""
+    steps = torch.zeros(len(source), dtype=torch.long, device=source.device)
+    return model(torch.zeros_like(source), steps, y, y2, w, source)[:, :source.shape[1]]

@@ -286,6 +286,7 @@ def train_diffusion(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, e
     """
     from diffma_cli.diffusion.gaussian import GaussianDiffusion, linear_betas, released_betas
     from diffma_cli.models import create_model
+    from diffma_cli.models.conditioning import concatenates_latent
     from diffma_cli.train.tasks import DiffusionTask
     from diffma_cli.weights import load_model, save_model
 
@@ -295,6 +296,10 @@ def train_diffusion(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, e
     if recipe.diffusion.noise_schedule != "linear" or not recipe.diffusion.learn_sigma:
         raise InputError("only diffusion.noise_schedule=linear with learn_sigma=true (the released setting) "
                          "is implemented")
+    if recipe.diffusion.objective == "regression" and not concatenates_latent(recipe.model.condition):
+        raise InputError(f"diffusion.objective=regression needs the CT latent as an input, but "
+                         f"model.condition is {recipe.model.condition}",
+                         hint="use model.condition=latent or latent+tokens")
     if resume:
         run_folder.prepare_run_folder(run_dir, overwrite=overwrite, resume=True, create=False)
         embedder = _same_embedder(Path(run_dir), embedder)
@@ -316,7 +321,7 @@ def train_diffusion(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, e
         # The released code builds its 1000-step chain by respacing (betas differ by <= 2e-16).
         betas = released_betas() if steps == 1000 else linear_betas(steps)
         task = DiffusionTask(backbone, frozen, GaussianDiffusion(betas), cache, scale,
-                             clip_width=backbone.config["hidden_size"])
+                             clip_width=backbone.config["hidden_size"], objective=recipe.diffusion.objective)
         return task.to(where.device)
 
     def info(task: DiffusionTask) -> dict:

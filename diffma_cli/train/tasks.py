@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
+from diffma_cli.models.backbone import regression_latents
 from diffma_cli.train.data_order import SampleRandomness
 
 
@@ -79,8 +80,9 @@ class DiffusionTask:
     find_unused_parameters = False
 
     def __init__(self, backbone: nn.Module, embedder: nn.Module, diffusion, dataset: Dataset, scale: float,
-                 clip_width: int):
+                 clip_width: int, objective: str = "diffusion"):
         self.model = backbone
+        self.objective = objective
         self.embedder = embedder
         self.diffusion = diffusion
         self.dataset = dataset
@@ -104,7 +106,12 @@ class DiffusionTask:
         else:  # no CLIP encoder: the condition vector carries no image embedding (`clip: none`)
             y = torch.zeros(len(target), self.clip_width, device=target.device)
 
+        if self.objective == "regression":  # one pass from the CT: x = 0, t = 0, MSE on the latent channels
+            predicted = regression_latents(model, y, y2, w, source)
+            return torch.nn.functional.mse_loss(predicted.float(), target.float())
+
         def denoiser(x_t: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
             return model(x_t, steps, y, y2, w, source)  # source: the CT latent (`latent` conditions)
 
         return self.diffusion.training_losses(denoiser, target, t, noise)["loss"].mean()
+

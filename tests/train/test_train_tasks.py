@@ -48,3 +48,25 @@ def test_diffusion_task_loss_falls_on_a_fixed_batch(tmp_path):
     # Zero-initialised output layer: eps_hat = 0 at first, so the loss starts near E[eps^2] = 1.
     assert 0.8 < result.losses[0] < 1.5
     assert result.losses[-1] < 0.7 * result.losses[0]
+
+
+def test_regression_objective_is_the_mse_of_one_pass_from_the_ct(tmp_path):
+    """diffusion.objective=regression: x = 0, t = 0, the CT latent as input; MSE on the C latent channels,
+    written out here with the backbone called directly."""
+    torch.manual_seed(0)
+    embedder = create_model(EMBEDDER[0], **EMBEDDER[1]).requires_grad_(False)
+    backbone = create_model("DiffMa-S/7", depth=1, hidden_size=32, condition="latent")
+    with torch.no_grad():  # a non-zero output layer, so that the loss is not that of a zero prediction
+        backbone.final_layer.linear.weight.normal_(0, 0.1)
+    task = DiffusionTask(backbone, embedder, GaussianDiffusion(released_betas()), FakeLatents(2), 0.18215,
+                         clip_width=32, objective="regression")
+    batch = {key: value.unsqueeze(0).expand(2, *value.shape) for key, value in FakeLatents(2)[0].items()}
+    randomness = SampleRandomness([3, 4])
+    loss = task.loss(backbone, batch, randomness)
+    again = SampleRandomness([3, 4])  # the same draws, in the task's order: source, then target
+    source = sample_latents(batch["source_mean"], batch["source_std"], 0.18215, again)
+    target = sample_latents(batch["target_mean"], batch["target_std"], 0.18215, again)
+    w, y2 = embedder(source)
+    t, y = torch.zeros(2, dtype=torch.long), torch.zeros(2, 32)
+    out = backbone(torch.zeros_like(source), t, y, y2, w, source)
+    torch.testing.assert_close(loss, ((out[:, :4] - target) ** 2).mean())
