@@ -27,7 +27,7 @@ class ConstantOracle(nn.Module):
         self.config = {"hidden_size": 32}
         self.register_buffer("abar", torch.cumprod(1 - released_betas(), 0).float())
 
-    def forward(self, x, t, y, y2, w):
+    def forward(self, x, t, y, y2, w, source=None):  # source: the CT latent (model.condition)
         abar = self.abar[t].view(-1, 1, 1, 1)
         eps = (x - abar.sqrt() * self.value) / (1 - abar).sqrt()
         return torch.cat([eps, torch.zeros_like(eps)], dim=1)
