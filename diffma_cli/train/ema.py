@@ -28,6 +28,8 @@ def ema_decay_at(decay: float, updates: int, warmup: bool = True) -> float:
 
 def initialisation_share(decay: float, updates: int, warmup: bool = True) -> float:
     """The weight the initial parameters keep in the EMA after `updates` updates (1 = none trained)."""
+    if not warmup:
+        return decay**updates
     share = 1.0
     for n in range(updates):
         share *= ema_decay_at(decay, n, warmup)
