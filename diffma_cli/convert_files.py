@@ -7,10 +7,14 @@ INPUT is one of
   `mr.<suffix>` for an MR -> CT run), SynthRAD's layout (case = folder name; a `mask.<suffix>` beside it is
   used as the body mask). Each case is written as `OUTPUT/<case><suffix>`, the input's suffix.
 
+Output format: a volume file in the format its suffix names, or (`output_format="dicom"`, or "auto" with a
+DICOM series folder in and an OUTPUT without a volume suffix) a DICOM series folder on the input's frame of
+reference (diffma_cli.io.dicom_series); in folder mode `OUTPUT/<case>/`.
+
 With --samples K > 1 the standard-deviation map goes beside its volume as `<name>_std<suffix>` (eval
-ignores files not named after a case). Every file is written atomically. A folder run resumes: cases whose
-outputs all exist are skipped unless `overwrite`; a case left half-done (one of its files missing) is
-redone, replacing its own leftover file.
+ignores files not named after a case), or as the series folder `<name>_std`. Every file is written
+atomically. A folder run resumes: cases whose outputs all exist are skipped unless `overwrite`; a case left
+half-done (one of its files missing) is redone, replacing its own leftover file.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from diffma_cli.io.atomic import check_output
 from diffma_cli.io.volumes import VOLUME_SUFFIXES, is_volume_file, read_volume, write_volume
 
 STD_SUFFIX = "_std"
+OUTPUT_FORMATS = ("auto", "dicom")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class Job:
     output: Path
     std_output: Path | None
     body_mask: Path | None = None
+    dicom: bool = False  # write DICOM series folders instead of volume files
 
     @property
     def outputs(self) -> list[Path]:
@@ -91,20 +97,30 @@ def folder_cases(folder: Path, source_modality: str) -> list[tuple[str, Path, Pa
 
 
 def plan_jobs(input_path: str | Path, output: str | Path, source_modality: str, samples: int,
-              body_mask: str | Path | None = None) -> tuple[list[Job], bool]:
+              body_mask: str | Path | None = None, output_format: str = "auto") -> tuple[list[Job], bool]:
     """The conversions INPUT -> OUTPUT asks for, and whether this is folder mode (module docstring)."""
     input_path, output = Path(input_path), Path(output)
+    if output_format not in OUTPUT_FORMATS:
+        raise InputError(f"unknown output format {output_format!r}",
+                         hint=f"choose one of {', '.join(OUTPUT_FORMATS)}")
     if not input_path.exists():
         raise InputError("no such file or folder", path=input_path)
     cases = folder_cases(input_path, source_modality) if input_path.is_dir() else []
+    dicom = output_format == "dicom"
     if not cases:  # a volume file or a DICOM series folder
         stem, suffix = split_suffix(output.name)
-        if not suffix:
+        if dicom and suffix:
+            raise InputError("a DICOM series is written into a folder, so the output must not have a volume "
+                             "suffix", path=output, hint=f"name a folder, e.g. {stem}/")
+        if not suffix and not dicom and input_path.is_dir():
+            dicom = True  # a DICOM series in, a folder out: a DICOM series out
+        if not suffix and not dicom:
             raise InputError("the output needs a volume suffix", path=output,
-                             hint=f"name it e.g. {output.name}.nii.gz (any of {', '.join(VOLUME_SUFFIXES)})")
+                             hint=f"name it e.g. {output.name}.nii.gz (any of {', '.join(VOLUME_SUFFIXES)}), "
+                                  "or pass --output-format dicom for a DICOM series folder")
         std = std_path(output) if samples > 1 else None
         mask = Path(body_mask) if body_mask is not None else None
-        return [Job(stem, input_path, output, std, mask)], False
+        return [Job(stem, input_path, output, std, mask, dicom)], False
     if body_mask is not None:
         raise InputError("--body-mask is for one volume; in a folder each case's mask.<suffix> is used",
                          path=body_mask)
@@ -115,21 +131,22 @@ def plan_jobs(input_path: str | Path, output: str | Path, source_modality: str, 
         raise InputError("the output folder is the input folder", path=output, hint="choose another folder")
     jobs = []
     for name, volume, mask in cases:
-        target = output / f"{name}{split_suffix(volume.name)[1]}"
-        jobs.append(Job(name, volume, target, std_path(target) if samples > 1 else None, mask))
+        target = output / (name if dicom else f"{name}{split_suffix(volume.name)[1]}")
+        jobs.append(Job(name, volume, target, std_path(target) if samples > 1 else None, mask, dicom))
     return jobs, True
 
 
 def convert_path(input_path: str | Path, output: str | Path, run_dir: str | Path, *, device: str = "auto",
                  overwrite: bool = False, body_mask: str | Path | None = None, mask: bool = False,
-                 progress: bool = True, **sampling) -> ConvertResult:
+                 output_format: str = "auto", progress: bool = True, **sampling) -> ConvertResult:
     """Convert a volume file, DICOM series folder or folder of volumes with the run in `run_dir`.
 
     `sampling`: `sampling_options`' keywords (sampler, steps, seed, samples, batch_size, noise,
     noise_correlation, smooth_z; None = the recipe's). `mask`, `body_mask`: see `convert_volume` (a
-    body-mask file is for one volume). Options, outputs and (for one volume) the input are checked before
-    the models load: an existing output without `overwrite` raises OutputError (one volume) or is skipped
-    (folder mode: resuming).
+    body-mask file is for one volume). `output_format`: "auto" (volume files; a DICOM series for a DICOM
+    series in and an output without a volume suffix) or "dicom" (module docstring). Options, outputs and
+    (for one volume) the input are checked before the models load: an existing output without `overwrite`
+    raises OutputError (one volume) or is skipped (folder mode: resuming).
     """
     from tqdm.auto import tqdm
 
@@ -141,7 +158,7 @@ def convert_path(input_path: str | Path, output: str | Path, run_dir: str | Path
     recipe = load_recipe(Path(run_dir) / RECIPE)
     options = sampling_options(recipe, **sampling)
     jobs, folder_mode = plan_jobs(input_path, output, recipe.data.direction.split("->")[0], options.samples,
-                                  body_mask)
+                                  body_mask, output_format)
     result = ConvertResult()
     todo = []
     for job in jobs:
@@ -162,9 +179,28 @@ def convert_path(input_path: str | Path, output: str | Path, run_dir: str | Path
                                         source=job.input, **vars(options))
         replace = overwrite or folder_mode
         if std is not None:
-            result.written.append(write_volume(std, job.std_output, overwrite=replace))
-        result.written.append(write_volume(generated, job.output, overwrite=replace))
+            result.written.append(_write(std, job, job.std_output, replace, models, run_dir, options, True))
+        result.written.append(_write(generated, job, job.output, replace, models, run_dir, options))
     return result
+
+
+def _write(image, job: Job, path: Path, overwrite: bool, models, run_dir, options, std: bool = False) -> Path:
+    """Write one result as a volume file or, for DICOM jobs, as a series on the input's frame of reference."""
+    if not job.dicom:
+        return write_volume(image, path, overwrite=overwrite)
+    from diffma_cli import __version__
+    from diffma_cli.io.dicom_series import source_tags, write_dicom_series
+
+    source, target = (part.upper() for part in models.direction.split("->"))
+    what = f"SYNTHETIC {target}" + (" STD" if std else "")
+    model = f"{Path(run_dir).name} ({models.recipe.model.name})"
+    comments = (f"{what}: {'standard deviation of ' if std else ''}{target} generated from {source} by "
+                f"diffma {__version__}, model {model}, {options.sampler} {options.steps} steps, seed "
+                f"{options.seed}, {options.samples} sample(s); not an acquired image. "
+                + ("Values on the normalised MR scale [-1, 1]." if target == "MR" else "Values in HU."))
+    return write_dicom_series(image, path, tags=source_tags(job.input), modality=target,
+                              description=f"{what} diffma {__version__} {model}", comments=comments,
+                              series_number=1001 if std else 1000, overwrite=overwrite)
 
 
 def _read(job: Job):

@@ -13,7 +13,11 @@ def convert(
         "of volumes (files, or SynthRAD case folders holding ct.nii.gz; then OUTPUT is a folder). MR for "
         "MR->CT runs."),
     output: Path = typer.Option(..., "-o", "--output",
-                                help="The volume to write (a folder for folder input)."),
+                                help="The volume to write (a folder for folder input; a DICOM series folder "
+                                "for a DICOM series in and a name without a volume suffix)."),
+    output_format: str = typer.Option("auto", "--output-format", help="auto: the output's suffix chooses the "
+                                      "format (folder input: the input's); dicom: a DICOM series folder per "
+                                      "input on the CT's study and frame of reference (docs/convert.md)."),
     model: Path = typer.Option(..., "--model", help="Run folder written by `diffma train` (recipe and "
                                "weights)."),
     sampler: str | None = typer.Option(None, "--sampler", help="ddpm (ancestral), ddim or dpm "
@@ -51,6 +55,8 @@ def convert(
 
     DICOM series: diffma convert dicom/CT_series/ -o mri.nii.gz --model runs/brain --mask
 
+    DICOM out:    diffma convert dicom/CT_series/ -o dicom/sMR_series/ --model runs/brain
+
     Folder:       diffma convert Task1/brain -o predictions/ --model runs/brain --samples 4
 
     A folder run can be interrupted and run again: finished cases are skipped.
@@ -58,7 +64,8 @@ def convert(
     from diffma_cli.convert_files import convert_path
 
     result = convert_path(input_path, output, model, device=device, overwrite=overwrite, body_mask=body_mask,
-                          mask=mask, sampler=sampler, steps=steps, seed=seed, samples=samples,
+                          mask=mask, output_format=output_format, sampler=sampler, steps=steps, seed=seed,
+                          samples=samples,
                           batch_size=batch_size, noise=noise, noise_correlation=noise_correlation,
                           smooth_z=smooth_z)
     if result.skipped:

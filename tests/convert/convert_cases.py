@@ -79,3 +79,28 @@ def write(array: np.ndarray, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(as_image(array), str(path))
     return path
+
+
+def write_dicom_series(array, folder, extra_tags=()):
+    """An int16 CT series, one file per axial slice, with position/orientation/spacing tags."""
+    folder.mkdir()
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(SPACING)
+    image.SetOrigin(ORIGIN)
+    image.SetDirection(DIRECTION)
+    direction = image.GetDirection()
+    orientation = "\\".join(f"{v:.6f}" for v in (*direction[0::3], *direction[1::3]))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(image.GetDepth()):
+        plane = image[:, :, z]
+        position = image.TransformIndexToPhysicalPoint((0, 0, z))
+        for tag, value in [("0008|0060", "CT"), ("0020|000d", "1.2.826.0.1.3680043.2.1125.1"),
+                           ("0020|000e", "1.2.826.0.1.3680043.2.1125.1.2"), ("0020|0037", orientation),
+                           ("0020|0032", "\\".join(f"{v:.6f}" for v in position)), ("0020|0013", str(z + 1)),
+                           ("0028|0030", f"{SPACING[1]:.6f}\\{SPACING[0]:.6f}"),
+                           ("0018|0050", f"{SPACING[2]:.6f}"), ("0028|1052", "0"), ("0028|1053", "1"),
+                           *extra_tags]:
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
+        writer.Execute(plane)

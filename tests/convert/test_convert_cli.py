@@ -4,7 +4,7 @@ nothing half-written."""
 import numpy as np
 import SimpleITK as sitk
 import torch
-from convert_cases import DIRECTION, ORIGIN, SHAPE, SPACING, ct_array, write
+from convert_cases import DIRECTION, ORIGIN, SHAPE, SPACING, ct_array, write, write_dicom_series
 from typer.testing import CliRunner
 
 from diffma_cli.cli import app
@@ -72,30 +72,6 @@ def test_bad_options_model_and_device_are_one_line(tmp_path, run_dir, ct_file):
     if not torch.cuda.is_available():
         assert "CUDA" in one_line_error(invoke(ct_file, "-o", out, "--model", run_dir, "--device", "cuda"), 4)
     assert not out.exists()
-
-
-def write_dicom_series(array, folder):
-    """An int16 CT series, one file per axial slice, with position/orientation/spacing tags."""
-    folder.mkdir()
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(SPACING)
-    image.SetOrigin(ORIGIN)
-    image.SetDirection(DIRECTION)
-    direction = image.GetDirection()
-    orientation = "\\".join(f"{v:.6f}" for v in (*direction[0::3], *direction[1::3]))
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for z in range(image.GetDepth()):
-        plane = image[:, :, z]
-        position = image.TransformIndexToPhysicalPoint((0, 0, z))
-        for tag, value in [("0008|0060", "CT"), ("0020|000d", "1.2.826.0.1.3680043.2.1125.1"),
-                           ("0020|000e", "1.2.826.0.1.3680043.2.1125.1.2"), ("0020|0037", orientation),
-                           ("0020|0032", "\\".join(f"{v:.6f}" for v in position)), ("0020|0013", str(z + 1)),
-                           ("0028|0030", f"{SPACING[1]:.6f}\\{SPACING[0]:.6f}"),
-                           ("0018|0050", f"{SPACING[2]:.6f}"), ("0028|1052", "0"), ("0028|1053", "1")]:
-            plane.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
-        writer.Execute(plane)
 
 
 def test_dicom_series_folder(tmp_path, run_dir):
