@@ -14,9 +14,11 @@ Pipeline for one volume (`convert_volume`), arrays indexed (z, y, x) as SimpleIT
    embedder soft mask w and tokens y2; then sample the latent with the chosen sampler and decode it; the
    decoded image is the mean of the VAE's 3 output channels, clipped to [-1, 1];
 5. undo the slicing onto the input grid (slices without body = -1, the normalised background), optionally
-   smooth along z, repeat for `samples` samples (sample k uses seed + k) and take the per-voxel mean and
-   standard deviation (ddof = 1);
-6. `mask=True` sets voxels outside the body to -1 (std to 0); MR -> CT models give HU (`ct_from_unit`).
+   smooth along z, MR -> CT models give HU (`ct_from_unit`);
+6. members: steps 3-5 for every run of an ensemble x (with tta "flip") the slices and their left-right mirror
+   image, mirrored back x `samples` samples (sample k uses seed + k); the output is their per-voxel mean or
+   median and their standard deviation (ddof = 1);
+7. `mask=True` sets voxels outside the body to the background (-1, or the window's floor in HU; std to 0).
 
 Output scale: CT -> MR gives prepare's normalised MR scale [-1, 1] (what `diffma eval --modality mr`
 scores); MR -> CT gives HU in the recipe's window. Geometry (size, spacing, origin, direction) is the
@@ -61,6 +63,9 @@ DEFAULT_NOISE_CORRELATION = 0.9
 DEFAULT_SMOOTH_Z = 1.0
 # prepare's value outside the body after normalisation (data/prepare.py FILL): air for CT, dark MR.
 BACKGROUND = -1.0
+# Test-time augmentation (none, or the left-right mirror image too) and how members are combined.
+TTA_MODES = ("none", "flip")
+COMBINE_MODES = ("mean", "median")
 
 
 @dataclass
@@ -372,10 +377,17 @@ def _output_image(values: np.ndarray, like):
     return image
 
 
-def _mean_and_std(volumes, count: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per-voxel mean and standard deviation (ddof 1; None for one volume) of `count` float32 volumes."""
+def combine_volumes(volumes, count: int, combine: str = "mean") -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-voxel mean or median and standard deviation (ddof 1; None for one volume) of `count` float32
+    volumes, in float64 arithmetic. The mean streams (one volume in memory besides the sums); the median
+    stacks them all."""
+    check_combination("none", combine)
     if count == 1:
         return next(iter(volumes)), None
+    if combine == "median":
+        stack = np.stack([np.asarray(volume, np.float32) for volume in volumes])
+        return (np.median(stack, axis=0).astype(np.float32),
+                stack.std(axis=0, ddof=1, dtype=np.float64).astype(np.float32))
     total = squares = None
     for volume in volumes:
         volume = volume.astype(np.float64)
@@ -383,6 +395,12 @@ def _mean_and_std(volumes, count: int) -> tuple[np.ndarray, np.ndarray | None]:
         squares = volume**2 if squares is None else squares + volume**2
     variance = (squares - total**2 / count) / (count - 1)
     return (total / count).astype(np.float32), np.sqrt(np.clip(variance, 0.0, None)).astype(np.float32)
+
+
+def member_count(models: int, samples: int, tta: str) -> int:
+    """How many volumes a conversion combines: every run x (the CT and its mirror image with --tta flip) x
+    every sample."""
+    return models * (2 if tta == "flip" else 1) * samples
 
 
 def prepare_slices(values: np.ndarray, spacing_xyz, models: ConversionModels, body: np.ndarray | None = None,
@@ -403,58 +421,109 @@ def prepare_slices(values: np.ndarray, spacing_xyz, models: ConversionModels, bo
     return slice_volume(unit, record, "linear", BACKGROUND), record, body
 
 
-def finish_volume(generated: np.ndarray, record: dict, body: np.ndarray, models: ConversionModels,
-                  options: SamplingOptions, mask: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Steps 5-6: generated (samples, n, S, S) -> (mean, std or None) on the input grid, in output units."""
-    z_range = (record["slices"][0], record["slices"][-1])
-    volumes = (smooth_along_z(unslice_volume(one, record, "linear", BACKGROUND), options.smooth_z, z_range)
-               for one in generated)  # (z, y, x) per sample, made one at a time
-    mean, std = _mean_and_std(volumes, options.samples)
+def _in_output_units(volume: np.ndarray, models: ConversionModels) -> np.ndarray:
+    """A generated volume on prepare's [-1, 1] scale -> the output's units (HU through the window for CT)."""
+    if models.direction.split("->")[1] == "ct":
+        return ct_from_unit(volume, tuple(models.recipe.data.ct_window_hu))
+    return volume
+
+
+def _member_volumes(values: np.ndarray, spacing_xyz, ensemble: list[ConversionModels], body: np.ndarray,
+                    options: SamplingOptions, tta: str, progress: bool, source, clock):
+    """Yield the volume of every member: each run x (the slices, their mirror image for --tta flip) x each
+    sample, in the output's units on the input grid (z filter applied)."""
+    for models in ensemble:
+        with clock("prepare"):
+            slices, record, _ = prepare_slices(values, spacing_xyz, models, body, source)
+        z_range = (record["slices"][0], record["slices"][-1])
+        for flip in (False, True) if tta == "flip" else (False,):
+            # Left-right: the slice's columns (array x), mirrored in, sampled, and mirrored back. Mirroring
+            # the slices equals slicing the mirrored volume: the square field of view is centred.
+            source_slices = np.ascontiguousarray(slices[..., ::-1]) if flip else slices
+            generated = sample_slices(models, source_slices, options, progress=progress, clock=clock)
+            if flip:
+                generated = generated[..., ::-1]
+            for one in generated:
+                with clock("finish"):
+                    volume = unslice_volume(one, record, "linear", BACKGROUND)
+                    volume = _in_output_units(smooth_along_z(volume, options.smooth_z, z_range), models)
+                yield volume
+
+
+def as_ensemble(models) -> list[ConversionModels]:
+    """One run or several -> a list; InputError when the runs convert different directions."""
+    ensemble = [models] if isinstance(models, ConversionModels) else list(models)
+    if not ensemble:
+        raise InputError("no model given")
+    directions = sorted({member.direction for member in ensemble})
+    if len(directions) > 1:
+        raise InputError(f"the runs convert different directions ({', '.join(directions)})",
+                         hint="combine runs of one direction")
+    return ensemble
+
+
+def check_combination(tta: str, combine: str) -> None:
+    """InputError for an unknown --tta or --combine value."""
+    if tta not in TTA_MODES:
+        raise InputError(f"unknown test-time augmentation {tta!r}",
+                         hint=f"choose one of {', '.join(TTA_MODES)}")
+    if combine not in COMBINE_MODES:
+        raise InputError(f"unknown combination {combine!r}", hint=f"choose one of {', '.join(COMBINE_MODES)}")
+
+
+def convert_array(values: np.ndarray, spacing_xyz, models, *, options: SamplingOptions,
+                  body: np.ndarray | None = None, mask: bool = False, tta: str = "none",
+                  combine: str = "mean", progress: bool = True, source: str | Path | None = None,
+                  clock=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The array core of `convert_volume` (no SimpleITK): values (z, y, x) of the source modality with voxel
+    spacing (x, y, z) mm, optional bool body (z, y, x) -> (float32 mean or median (z, y, x), std or None).
+
+    `models`: one `ConversionModels` or a list of them (an ensemble of runs of one direction). tta "flip"
+    adds the mirror image (array x) of every slice; combine "mean" or "median" over all members (runs x
+    flips x samples), the std over all of them. `clock` stages: prepare, vae, clip, embedder, backbone,
+    finish."""
+    clock = clock or _no_clock
+    ensemble = as_ensemble(models)
+    check_combination(tta, combine)
+    with clock("prepare"):  # the body once for all members (prepare_slices checks it)
+        values = np.asarray(values, dtype=np.float32)
+        source_modality = ensemble[0].direction.split("->")[0]
+        check_input(values, source_modality, source)
+        if body is None:
+            body = body_from_image(values, source_modality, spacing_xyz)
+    volumes = _member_volumes(values, spacing_xyz, ensemble, body, options, tta, progress, source, clock)
+    centre, std = combine_volumes(volumes, member_count(len(ensemble), options.samples, tta), combine)
     if mask:
-        mean[~body] = BACKGROUND
+        body = np.asarray(body, bool)
+        centre[~body] = float(_in_output_units(np.float32(BACKGROUND), ensemble[0]))
         if std is not None:
             std[~body] = 0.0
-    if models.direction.split("->")[1] == "ct":
-        low, high = models.recipe.data.ct_window_hu
-        mean = ct_from_unit(mean, (low, high))
-        if std is not None:
-            std = std * np.float32((high - low) / 2.0)
-    return mean, std
+    return centre, std
 
 
-def convert_array(values: np.ndarray, spacing_xyz, models: ConversionModels, *, options: SamplingOptions,
-                  body: np.ndarray | None = None, mask: bool = False, progress: bool = True,
-                  source: str | Path | None = None, clock=None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The array core of `convert_volume` (no SimpleITK): values (z, y, x) of the source modality with voxel
-    spacing (x, y, z) mm, optional bool body (z, y, x) -> (float32 mean (z, y, x), std or None).
-    `clock` stages: prepare, vae, clip, embedder, backbone, finish."""
-    clock = clock or _no_clock
-    with clock("prepare"):
-        slices, record, body = prepare_slices(values, spacing_xyz, models, body, source)
-    generated = sample_slices(models, slices, options, progress=progress, clock=clock)
-    with clock("finish"):
-        return finish_volume(generated, record, body, models, options, mask)
-
-
-def convert_volume(image, models: ConversionModels, *, body_mask=None, sampler: str | None = None,
+def convert_volume(image, models, *, body_mask=None, sampler: str | None = None,
                    steps: int | None = None, seed: int | None = None, samples: int = 1,
                    batch_size: int | None = None, noise: str = DEFAULT_NOISE,
                    noise_correlation: float = DEFAULT_NOISE_CORRELATION,
-                   smooth_z: float = DEFAULT_SMOOTH_Z,
+                   smooth_z: float = DEFAULT_SMOOTH_Z, tta: str = "none", combine: str = "mean",
                    mask: bool = False, progress: bool = True, source: str | Path | None = None, clock=None):
     """Convert one volume; returns (generated `SimpleITK.Image`, standard-deviation image or None).
 
     image: the source modality of the run (CT in HU for ct->mr, MR in scanner units for mr->ct), any
-    geometry. body_mask: optional `SimpleITK.Image` on the same grid (voxels > 0 = body), else computed.
-    sampler/steps/seed/batch_size: None takes the recipe's `sampling` section. samples K > 1 returns the
-    per-voxel mean and the standard deviation (ddof 1) of K samples. noise / noise_correlation / smooth_z:
-    the slice-consistency options (docs/consistency.md). mask: voxels outside the body -> background.
+    geometry. models: a `ConversionModels` or a list of them (an ensemble; sampling defaults from the
+    first). body_mask: optional `SimpleITK.Image` on the same grid (voxels > 0 = body), else computed.
+    sampler/steps/seed/batch_size: None takes the recipe's `sampling` section. samples K: sample k uses
+    seed + k. tta "flip": also convert the left-right mirror image and mirror the result back. The output is
+    the per-voxel mean (or median: combine) of all members (runs x flips x samples) and, with more than one
+    member, their standard deviation (ddof 1). noise / noise_correlation / smooth_z: the slice-consistency
+    options (docs/consistency.md). mask: voxels outside the body -> background.
     Both outputs are float32 on the input's grid: [-1, 1] for MR, HU for CT (std in the same units).
     `source` names the input in error messages; `clock` is a `StageClock` for benchmarks.
     """
     import SimpleITK as sitk
 
-    options = sampling_options(models.recipe, sampler=sampler, steps=steps, seed=seed, samples=samples,
+    ensemble = as_ensemble(models)
+    options = sampling_options(ensemble[0].recipe, sampler=sampler, steps=steps, seed=seed, samples=samples,
                                batch_size=batch_size, noise=noise, noise_correlation=noise_correlation,
                                smooth_z=smooth_z)
     body = None
@@ -463,6 +532,7 @@ def convert_volume(image, models: ConversionModels, *, body_mask=None, sampler: 
             raise InputError("the body mask's grid (size, spacing, origin, direction) differs from the "
                              "input's", path=source, hint="give the mask that belongs to this volume")
         body = sitk.GetArrayFromImage(body_mask) > 0
-    mean, std = convert_array(sitk.GetArrayFromImage(image), image.GetSpacing(), models, body=body,
-                              options=options, mask=mask, progress=progress, source=source, clock=clock)
+    mean, std = convert_array(sitk.GetArrayFromImage(image), image.GetSpacing(), ensemble, body=body,
+                              options=options, mask=mask, tta=tta, combine=combine, progress=progress,
+                              source=source, clock=clock)
     return _output_image(mean, image), None if std is None else _output_image(std, image)

@@ -96,9 +96,10 @@ def folder_cases(folder: Path, source_modality: str) -> list[tuple[str, Path, Pa
     return cases
 
 
-def plan_jobs(input_path: str | Path, output: str | Path, source_modality: str, samples: int,
+def plan_jobs(input_path: str | Path, output: str | Path, source_modality: str, members: int,
               body_mask: str | Path | None = None, output_format: str = "auto") -> tuple[list[Job], bool]:
-    """The conversions INPUT -> OUTPUT asks for, and whether this is folder mode (module docstring)."""
+    """The conversions INPUT -> OUTPUT asks for, and whether this is folder mode (module docstring).
+    `members`: how many volumes each result combines (a standard-deviation map for more than one)."""
     input_path, output = Path(input_path), Path(output)
     if output_format not in OUTPUT_FORMATS:
         raise InputError(f"unknown output format {output_format!r}",
@@ -118,7 +119,7 @@ def plan_jobs(input_path: str | Path, output: str | Path, source_modality: str, 
             raise InputError("the output needs a volume suffix", path=output,
                              hint=f"name it e.g. {output.name}.nii.gz (any of {', '.join(VOLUME_SUFFIXES)}), "
                                   "or pass --output-format dicom for a DICOM series folder")
-        std = std_path(output) if samples > 1 else None
+        std = std_path(output) if members > 1 else None
         mask = Path(body_mask) if body_mask is not None else None
         return [Job(stem, input_path, output, std, mask, dicom)], False
     if body_mask is not None:
@@ -132,33 +133,53 @@ def plan_jobs(input_path: str | Path, output: str | Path, source_modality: str, 
     jobs = []
     for name, volume, mask in cases:
         target = output / (name if dicom else f"{name}{split_suffix(volume.name)[1]}")
-        jobs.append(Job(name, volume, target, std_path(target) if samples > 1 else None, mask, dicom))
+        jobs.append(Job(name, volume, target, std_path(target) if members > 1 else None, mask, dicom))
     return jobs, True
 
 
-def convert_path(input_path: str | Path, output: str | Path, run_dir: str | Path, *, device: str = "auto",
+def convert_path(input_path: str | Path, output: str | Path, run_dir, *, device: str = "auto",
                  overwrite: bool = False, body_mask: str | Path | None = None, mask: bool = False,
-                 output_format: str = "auto", progress: bool = True, **sampling) -> ConvertResult:
-    """Convert a volume file, DICOM series folder or folder of volumes with the run in `run_dir`.
+                 output_format: str = "auto", tta: str = "none", combine: str = "mean", progress: bool = True,
+                 **sampling) -> ConvertResult:
+    """Convert a volume file, DICOM series folder or folder of volumes with the run in `run_dir` (or the
+    ensemble of runs in a list of run folders; sampling defaults from the first).
 
     `sampling`: `sampling_options`' keywords (sampler, steps, seed, samples, batch_size, noise,
-    noise_correlation, smooth_z; None = the recipe's). `mask`, `body_mask`: see `convert_volume` (a
-    body-mask file is for one volume). `output_format`: "auto" (volume files; a DICOM series for a DICOM
-    series in and an output without a volume suffix) or "dicom" (module docstring). Options, outputs and
-    (for one volume) the input are checked before the models load: an existing output without `overwrite`
-    raises OutputError (one volume) or is skipped (folder mode: resuming).
+    noise_correlation, smooth_z; None = the recipe's). `mask`, `body_mask`, `tta`, `combine`: see
+    `convert_volume` (a body-mask file is for one volume); a standard-deviation map is written when more than
+    one volume is combined. `output_format`: "auto" (volume files; a DICOM series for a DICOM series in and
+    an output without a volume suffix) or "dicom" (module docstring). Options, outputs and (for one volume)
+    the input are checked before the models load: an existing output without `overwrite` raises OutputError
+    (one volume) or is skipped (folder mode: resuming).
     """
     from tqdm.auto import tqdm
 
     from diffma_cli.config import load_recipe
-    from diffma_cli.convert import convert_volume, load_models, sampling_options
+    from diffma_cli.convert import (
+        check_combination,
+        convert_volume,
+        load_models,
+        member_count,
+        sampling_options,
+    )
     from diffma_cli.train.run_folder import RECIPE, read_run_info
 
-    read_run_info(run_dir)  # a clear error for a folder that is not a run, before anything else
-    recipe = load_recipe(Path(run_dir) / RECIPE)
-    options = sampling_options(recipe, **sampling)
-    jobs, folder_mode = plan_jobs(input_path, output, recipe.data.direction.split("->")[0], options.samples,
-                                  body_mask, output_format)
+    run_dirs = [Path(path) for path in ([run_dir] if isinstance(run_dir, (str, Path)) else run_dir)]
+    if not run_dirs:
+        raise InputError("no --model given")
+    recipes = []
+    for path in run_dirs:
+        read_run_info(path)  # a clear error for a folder that is not a run, before anything else
+        recipes.append(load_recipe(path / RECIPE))
+    directions = sorted({recipe.data.direction for recipe in recipes})
+    if len(directions) > 1:
+        raise InputError(f"the runs convert different directions ({', '.join(directions)})",
+                         hint="combine runs of one direction")
+    options = sampling_options(recipes[0], **sampling)
+    check_combination(tta, combine)
+    members = member_count(len(run_dirs), options.samples, tta)
+    jobs, folder_mode = plan_jobs(input_path, output, directions[0].split("->")[0], members, body_mask,
+                                  output_format)
     result = ConvertResult()
     todo = []
     for job in jobs:
@@ -172,31 +193,45 @@ def convert_path(input_path: str | Path, output: str | Path, run_dir: str | Path
     if not todo:
         return result
     first = None if folder_mode else _read(todo[0])  # one volume: input errors before the models load
-    models = load_models(run_dir, device)
+    ensemble = [load_models(path, device) for path in run_dirs]
+    provenance = _provenance(run_dirs, ensemble, options, tta, combine)
     for job in tqdm(todo, desc="volumes", unit="volume", disable=not (progress and folder_mode)):
         image, mask_image = first if first is not None else _read(job)
-        generated, std = convert_volume(image, models, body_mask=mask_image, mask=mask, progress=progress,
-                                        source=job.input, **vars(options))
+        generated, std = convert_volume(image, ensemble, body_mask=mask_image, mask=mask, tta=tta,
+                                        combine=combine, progress=progress, source=job.input, **vars(options))
         replace = overwrite or folder_mode
+        direction = ensemble[0].direction
         if std is not None:
-            result.written.append(_write(std, job, job.std_output, replace, models, run_dir, options, True))
-        result.written.append(_write(generated, job, job.output, replace, models, run_dir, options))
+            result.written.append(_write(std, job, job.std_output, replace, direction, provenance, True))
+        result.written.append(_write(generated, job, job.output, replace, direction, provenance))
     return result
 
 
-def _write(image, job: Job, path: Path, overwrite: bool, models, run_dir, options, std: bool = False) -> Path:
+def _provenance(run_dirs, ensemble, options, tta: str, combine: str) -> tuple[str, str]:
+    """What made a result, for DICOM descriptions: ("run (model) + ...", the sampling and combination)."""
+    runs = " + ".join(f"{path.name} ({models.recipe.model.name})"
+                      for path, models in zip(run_dirs, ensemble, strict=True))
+    text = f"{options.sampler} {options.steps} steps, seed {options.seed}, {options.samples} sample(s)"
+    if tta != "none":
+        text += f", test-time augmentation {tta}"
+    if len(ensemble) > 1 or options.samples > 1 or tta != "none":
+        text += f", {combine} of the members"
+    return runs, text
+
+
+def _write(image, job: Job, path: Path, overwrite: bool, direction: str, provenance: tuple[str, str],
+           std: bool = False) -> Path:
     """Write one result as a volume file or, for DICOM jobs, as a series on the input's frame of reference."""
     if not job.dicom:
         return write_volume(image, path, overwrite=overwrite)
     from diffma_cli import __version__
     from diffma_cli.io.dicom_series import source_tags, write_dicom_series
 
-    source, target = (part.upper() for part in models.direction.split("->"))
+    source, target = (part.upper() for part in direction.split("->"))
     what = f"SYNTHETIC {target}" + (" STD" if std else "")
-    model = f"{Path(run_dir).name} ({models.recipe.model.name})"
+    model, sampling = provenance
     comments = (f"{what}: {'standard deviation of ' if std else ''}{target} generated from {source} by "
-                f"diffma {__version__}, model {model}, {options.sampler} {options.steps} steps, seed "
-                f"{options.seed}, {options.samples} sample(s); not an acquired image. "
+                f"diffma {__version__}, model {model}, {sampling}; not an acquired image. "
                 + ("Values on the normalised MR scale [-1, 1]." if target == "MR" else "Values in HU."))
     return write_dicom_series(image, path, tags=source_tags(job.input), modality=target,
                               description=f"{what} diffma {__version__} {model}", comments=comments,

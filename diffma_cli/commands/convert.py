@@ -18,8 +18,9 @@ def convert(
     output_format: str = typer.Option("auto", "--output-format", help="auto: the output's suffix chooses the "
                                       "format (folder input: the input's); dicom: a DICOM series folder per "
                                       "input on the CT's study and frame of reference (docs/convert.md)."),
-    model: Path = typer.Option(..., "--model", help="Run folder written by `diffma train` (recipe and "
-                               "weights)."),
+    model: list[Path] = typer.Option(..., "--model", help="Run folder written by `diffma train` (recipe and "
+                                     "weights). Repeat for an ensemble of runs (sampling defaults from the "
+                                     "first)."),
     sampler: str | None = typer.Option(None, "--sampler", help="ddpm (ancestral), ddim or dpm "
                                        "(DPM-Solver++). Default: the recipe's sampling.sampler."),
     steps: int | None = typer.Option(None, "--steps", help="Network evaluations per slice. Default: the "
@@ -43,6 +44,11 @@ def convert(
     smooth_z: float = typer.Option(1.0, "--smooth-z", help="Gaussian filter along z of the result, sigma in "
                                    "voxels; 0 = off, the method as published. Default 1 (measured to "
                                    "remove slice flicker and improve every score: docs/consistency.md)."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (also convert the "
+                            "left-right mirror image of the CT and mirror the result back)."),
+    combine: str = typer.Option("mean", "--combine", help="How the members (runs x flips x samples) are "
+                                "combined: mean or median. With more than one member their standard "
+                                "deviation is written too."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (folder mode: "
                                    "convert finished cases again instead of skipping them)."),
 ) -> None:
@@ -59,15 +65,16 @@ def convert(
 
     Folder:       diffma convert Task1/brain -o predictions/ --model runs/brain --samples 4
 
+    Ensemble:     diffma convert ct.nii.gz -o mri.nii.gz --model runs/a --model runs/b --tta flip
+
     A folder run can be interrupted and run again: finished cases are skipped.
     """
     from diffma_cli.convert_files import convert_path
 
     result = convert_path(input_path, output, model, device=device, overwrite=overwrite, body_mask=body_mask,
-                          mask=mask, output_format=output_format, sampler=sampler, steps=steps, seed=seed,
-                          samples=samples,
-                          batch_size=batch_size, noise=noise, noise_correlation=noise_correlation,
-                          smooth_z=smooth_z)
+                          mask=mask, output_format=output_format, tta=tta, combine=combine, sampler=sampler,
+                          steps=steps, seed=seed, samples=samples, batch_size=batch_size, noise=noise,
+                          noise_correlation=noise_correlation, smooth_z=smooth_z)
     if result.skipped:
         typer.echo(f"skipped {len(result.skipped)} finished case(s) (--overwrite converts them again)")
     typer.echo(f"wrote {len(result.written)} file(s)" + (f": {result.written[-1]}" if len(result.written) == 1
