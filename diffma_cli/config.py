@@ -36,6 +36,8 @@ class DataConfig:
     image_size: int = 224
     ct_window_hu: list[float] = field(default_factory=lambda: [-1024.0, 3000.0])
     mr_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
+    # Axis layout volumes are sliced in (diffma_cli.data.orientation): prepare and convert reorient to it.
+    orientation: str = "LPS"
 
 
 @dataclass
@@ -184,6 +186,9 @@ class Recipe:
                 raise InputError(f"recipe {prefix}: set epochs or steps to at least 1")
             if not 0.0 <= training.ema_decay < 1.0:
                 raise InputError(f"recipe value {prefix}.ema_decay={training.ema_decay} must be in [0, 1)")
+        from diffma_cli.data.orientation import check_orientation
+
+        self.data.orientation = check_orientation(self.data.orientation)
         if self.data.image_size % 8:
             raise InputError(f"recipe value data.image_size={self.data.image_size} must be a multiple of 8 "
                              "(the VAE downsamples by 8)")

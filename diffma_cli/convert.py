@@ -3,6 +3,7 @@
 
 Pipeline for one volume (`convert_volume`), arrays indexed (z, y, x) as SimpleITK gives them:
 
+0. reorient the volume to the run's `data.orientation` (axes permuted/flipped, exact; undone at the end);
 1. check the input (finite values; a CT must look like Hounsfield units) and find the body: the given body
    mask, else one computed from the image (CT: `body_mask_from_ct`; MR: the same steps at an Otsu threshold);
 2. normalise as `diffma prepare` did, with the run's recipe: CT window -> [-1, 1], MR per-case percentiles
@@ -510,7 +511,8 @@ def convert_volume(image, models, *, body_mask=None, sampler: str | None = None,
     """Convert one volume; returns (generated `SimpleITK.Image`, standard-deviation image or None).
 
     image: the source modality of the run (CT in HU for ct->mr, MR in scanner units for mr->ct), any
-    geometry. models: a `ConversionModels` or a list of them (an ensemble; sampling defaults from the
+    geometry: converted in the runs' `data.orientation` (diffma_cli.data.orientation) and put back on the
+    input's grid. models: a `ConversionModels` or a list of them (an ensemble; sampling defaults from the
     first). body_mask: optional `SimpleITK.Image` on the same grid (voxels > 0 = body), else computed.
     sampler/steps/seed/batch_size: None takes the recipe's `sampling` section. samples K: sample k uses
     seed + k. tta "flip": also convert the left-right mirror image and mirror the result back. The output is
@@ -522,17 +524,29 @@ def convert_volume(image, models, *, body_mask=None, sampler: str | None = None,
     """
     import SimpleITK as sitk
 
+    from diffma_cli.data.orientation import reorient, restore
+
     ensemble = as_ensemble(models)
     options = sampling_options(ensemble[0].recipe, sampler=sampler, steps=steps, seed=seed, samples=samples,
                                batch_size=batch_size, noise=noise, noise_correlation=noise_correlation,
                                smooth_z=smooth_z)
+    orientations = sorted({member.recipe.data.orientation for member in ensemble})
+    if len(orientations) > 1:
+        raise InputError(f"the runs were trained in different orientations ({', '.join(orientations)})",
+                         hint="combine runs of one data.orientation")
     body = None
     if body_mask is not None:
         if not _geometry_matches(image, body_mask):
             raise InputError("the body mask's grid (size, spacing, origin, direction) differs from the "
                              "input's", path=source, hint="give the mask that belongs to this volume")
-        body = sitk.GetArrayFromImage(body_mask) > 0
-    mean, std = convert_array(sitk.GetArrayFromImage(image), image.GetSpacing(), ensemble, body=body,
+        body = sitk.GetArrayFromImage(reorient(body_mask, orientations[0])) > 0
+    # Convert in the frame the runs were trained in (axes permuted/flipped exactly), then back.
+    oriented = reorient(image, orientations[0])
+    mean, std = convert_array(sitk.GetArrayFromImage(oriented), oriented.GetSpacing(), ensemble, body=body,
                               options=options, mask=mask, tta=tta, combine=combine, progress=progress,
                               source=source, clock=clock)
-    return _output_image(mean, image), None if std is None else _output_image(std, image)
+
+    def on_input_grid(values):
+        return restore(_output_image(values, oriented), image)
+
+    return on_input_grid(mean), None if std is None else on_input_grid(std)

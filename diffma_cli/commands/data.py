@@ -67,6 +67,10 @@ def prepare(
     ct_window: str = typer.Option("-1024,3000", "--ct-window", help="HU window mapped to [-1, 1]."),
     mr_percentiles: str = typer.Option("0.5,99.5", "--mr-percentiles",
                                        help="Percentiles of the MR inside the mask mapped to -1 and 1."),
+    orientation: str = typer.Option("LPS", "--orientation", help="Axis layout the volumes are reoriented to "
+                                    "before slicing (axes permuted/flipped, exact): a three-letter code such "
+                                    "as LPS (SynthRAD's and axial DICOM's), or none to slice as stored. "
+                                    "Training copies it into the run's recipe; convert uses the same."),
     workers: int = typer.Option(1, "--workers", min=1, help="Cases prepared in parallel."),
     skip_bad: bool = typer.Option(False, "--skip-bad",
                                   help="Leave bad cases out (recorded in the manifest) instead of stopping."),
@@ -78,6 +82,7 @@ def prepare(
 
     Example:  diffma prepare SynthRAD2023/Task1 -o data/brain --anatomy brain --workers 2
     """
+    from diffma_cli.data.orientation import check_orientation
     from diffma_cli.data.prepare import PrepareOptions
     from diffma_cli.data.prepare import prepare as prepare_data
     from diffma_cli.data.splits import parse_fractions
@@ -91,7 +96,7 @@ def prepare(
         anatomy=anatomy, fractions=parse_fractions(split), seed=seed,
         split_file=None if split_file is None else str(split_file),
         ct_window=_pair(ct_window, "--ct-window", "-1024,3000"),
-        mr_percentiles=percentiles,
+        mr_percentiles=percentiles, orientation=check_orientation(orientation, "--orientation"),
         workers=workers, skip_bad=skip_bad)
     manifest = prepare_data(src, out, options, overwrite=overwrite)
     for skipped in manifest["skipped"]:

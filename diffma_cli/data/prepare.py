@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from diffma_cli.data.normalise import CT_WINDOW_HU, MR_PERCENTILES
+from diffma_cli.data.orientation import CANONICAL
 from diffma_cli.data.slicing import SLICE_SIZE
 from diffma_cli.data.splits import DEFAULT_FRACTIONS, SPLITS
 from diffma_cli.errors import InputError
@@ -48,6 +49,7 @@ class PrepareOptions:
     ct_window: tuple[float, float] = CT_WINDOW_HU
     mr_percentiles: tuple[float, float] = MR_PERCENTILES
     size: int = SLICE_SIZE
+    orientation: str = CANONICAL  # volumes are reoriented to this before slicing (data/orientation.py)
     workers: int = 1
     skip_bad: bool = False
 
@@ -60,6 +62,7 @@ def prepare_case(case, out: Path, options: PrepareOptions) -> dict:
     import SimpleITK as sitk
 
     from diffma_cli.data.normalise import ct_to_unit, mr_scaling, mr_to_unit
+    from diffma_cli.data.orientation import orientation_of, reorient
     from diffma_cli.data.slicing import plan_slicing, slice_volume
     from diffma_cli.data.synthrad import CaseError, load_case
 
@@ -67,6 +70,9 @@ def prepare_case(case, out: Path, options: PrepareOptions) -> dict:
         images = load_case(case)
     except CaseError as error:
         return {"id": case.id, "problem": error.detail}
+    stored = orientation_of(images["ct"])
+    # Slice in one axis layout whatever the files' (exact: axes permuted and flipped, never resampled).
+    images = {modality: reorient(image, options.orientation) for modality, image in images.items()}
     ct_image = images["ct"]
     mask = sitk.GetArrayFromImage(images["mask"]) > 0
     mr = sitk.GetArrayFromImage(images["mr"])
@@ -74,8 +80,10 @@ def prepare_case(case, out: Path, options: PrepareOptions) -> dict:
         scaling = mr_scaling(mr, mask, options.mr_percentiles)
     except InputError as error:
         return {"id": case.id, "problem": error.problem}
+    # The grid that was sliced (after reorientation) and the orientation the files were stored in.
     geometry = {"size_xyz": list(ct_image.GetSize()), "spacing_xyz": list(ct_image.GetSpacing()),
-                "origin": list(ct_image.GetOrigin()), "direction": list(ct_image.GetDirection())}
+                "origin": list(ct_image.GetOrigin()), "direction": list(ct_image.GetDirection()),
+                "stored_orientation": stored}
     record = plan_slicing(mask.shape, ct_image.GetSpacing(), mask, options.size, geometry)
     normalised = {"ct": ct_to_unit(sitk.GetArrayFromImage(ct_image), options.ct_window),
                   "mr": mr_to_unit(mr, scaling), "mask": mask.astype(np.float32)}

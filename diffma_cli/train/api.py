@@ -33,14 +33,16 @@ def data_reference(data_dir: Path) -> dict:
     return {"path": str(Path(data_dir).resolve()), "manifest": "manifest.json",
             "manifest_sha256": file_sha256(Path(data_dir) / "manifest.json"),
             "ct_window": options.get("ct_window"), "mr_percentiles": options.get("mr_percentiles"),
-            "slice_counts": manifest.get("slice_counts")}
+            "orientation": options.get("orientation"), "slice_counts": manifest.get("slice_counts")}
 
 
 def with_data_normalisation(recipe: Recipe, reference: dict) -> Recipe:
-    """The recipe with the CT window and MR percentiles the data was actually prepared with, so that the
-    run's recipe.yaml tells `convert` how to normalise new scans the same way."""
+    """The recipe with the CT window, MR percentiles and orientation the data was actually prepared with, so
+    that the run's recipe.yaml tells `convert` how to orient and normalise new scans the same way (data
+    prepared before orientations were recorded keeps the recipe's)."""
     changes = {key: reference[name] for key, name in (("data.ct_window_hu", "ct_window"),
-                                                       ("data.mr_percentiles", "mr_percentiles"))
+                                                       ("data.mr_percentiles", "mr_percentiles"),
+                                                       ("data.orientation", "orientation"))
                if reference.get(name) is not None}
     return apply_overrides(recipe, changes)
 

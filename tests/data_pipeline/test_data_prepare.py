@@ -226,3 +226,30 @@ def test_all_header_problems_are_counted_in_the_one_line(tmp_path):
     out = tmp_path / "data"
     _assert_fails_cleanly(_invoke("prepare", root, "-o", out), out, 2,
                           "case 1BA001: mr is missing", "and 1 more bad case: 1BA003", "--skip-bad")
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "none"])
+def test_prepare_slices_reoriented_copies_alike(tmp_path, orientation):
+    """A case and the same case stored with permuted and reversed axes give the same slices once both are
+    reoriented (the default), and different ones when sliced as stored."""
+    from layouts import relayout
+
+    from diffma_cli.data.prepare import PrepareOptions, prepare_case
+    from diffma_cli.data.synthrad import find_cases
+
+    root = tmp_path / "Task1" / "brain"
+    write_case(root / "1BA001", shape=(6, 8, 10), spacing=(1.0, 1.2, 2.5))
+    for modality in ("ct", "mr", "mask"):
+        image = sitk.ReadImage(str(root / "1BA001" / f"{modality}.nii.gz"))
+        copy, _ = relayout(image, (1, 0, 2), (True, False, True))
+        (root / "1BA002").mkdir(exist_ok=True)
+        sitk.WriteImage(copy, str(root / "1BA002" / f"{modality}.nii.gz"))
+    options = PrepareOptions(orientation=orientation)
+    records = {case.id: prepare_case(case, tmp_path / "out", options) for case in find_cases(root, "brain")}
+    assert records["1BA002"]["geometry"]["stored_orientation"] != records["1BA001"]["geometry"][
+        "stored_orientation"]
+    arrays = {case: {m: np.load(tmp_path / "out" / "cases" / case / f"{m}.npy") for m in ("ct", "mr", "mask")}
+              for case in records}
+    same = all(arrays["1BA001"][m].shape == arrays["1BA002"][m].shape
+               and np.array_equal(arrays["1BA001"][m], arrays["1BA002"][m]) for m in ("ct", "mr", "mask"))
+    assert same == (orientation == "LPS")
