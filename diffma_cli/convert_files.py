@@ -19,14 +19,19 @@ half-done (one of its files missing) is redone, replacing its own leftover file.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffma_cli.cohort import cohort_group, gather, split, this_share, wait_for_all
 from diffma_cli.errors import InputError
 from diffma_cli.io.atomic import check_output
 from diffma_cli.io.volumes import VOLUME_SUFFIXES, is_volume_file, read_volume, write_volume
 
 STD_SUFFIX = "_std"
+# Written into OUTPUT by a folder run of several processes (torchrun).
+SUMMARY = "convert-summary.json"
+SUMMARY_FORMAT = "diffma-convert-summary/1"
 OUTPUT_FORMATS = ("auto", "dicom")
 
 
@@ -48,10 +53,15 @@ class Job:
 
 @dataclass
 class ConvertResult:
-    """What `convert_path` did: files written and outputs skipped because they were already finished."""
+    """What `convert_path` did: files written (by every process) and outputs skipped because they were
+    already finished; this process's rank among `processes`, and the summary file rank 0 wrote (several
+    processes only)."""
 
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
+    rank: int = 0
+    processes: int = 1
+    summary: Path | None = None
 
 
 def split_suffix(name: str) -> tuple[str, str]:
@@ -152,16 +162,9 @@ def convert_path(input_path: str | Path, output: str | Path, run_dir, *, device:
     the input are checked before the models load: an existing output without `overwrite` raises OutputError
     (one volume) or is skipped (folder mode: resuming).
     """
-    from tqdm.auto import tqdm
-
     from diffma_cli.config import load_recipe
-    from diffma_cli.convert import (
-        check_combination,
-        convert_volume,
-        load_models,
-        member_count,
-        sampling_options,
-    )
+    from diffma_cli.convert import check_combination, member_count, sampling_options
+    from diffma_cli.train.distributed import resolve_device
     from diffma_cli.train.run_folder import RECIPE, read_run_info
 
     run_dirs = [Path(path) for path in ([run_dir] if isinstance(run_dir, (str, Path)) else run_dir)]
@@ -180,7 +183,61 @@ def convert_path(input_path: str | Path, output: str | Path, run_dir, *, device:
     members = member_count(len(run_dirs), options.samples, tta)
     jobs, folder_mode = plan_jobs(input_path, output, directions[0].split("->")[0], members, body_mask,
                                   output_format)
-    result = ConvertResult()
+    share = this_share()
+    if share.distributed and not folder_mode:
+        raise InputError(f"{share.world_size} processes were started for one volume", path=input_path,
+                         hint="processes share a folder of cases; convert one volume without torchrun")
+    result = ConvertResult(rank=share.rank, processes=share.world_size)
+    started = time.time()
+    with cohort_group(share):
+        todo = _pending(jobs, folder_mode, overwrite, result)
+        wait_for_all(share)  # every process has looked for finished cases before any writes one
+        mine = split(todo, share.rank, share.world_size)
+        done = {}
+        if mine:
+            where = str(resolve_device(device, share.local_rank))  # torchrun: this process's own GPU
+            done = _convert_jobs(mine, folder_mode, run_dirs, where, result, overwrite=overwrite, mask=mask,
+                                 tta=tta, combine=combine, progress=progress and share.rank == 0,
+                                 options=options)
+        if share.distributed:
+            reports = gather({"rank": share.rank, "cases": done, "written": result.written}, share)
+            result.written = [path for report in reports for path in report["written"]]
+            if share.rank == 0:
+                result.summary = _write_summary(Path(output), reports, result, time.time() - started)
+    return result
+
+
+def _convert_jobs(jobs: list[Job], folder_mode: bool, run_dirs: list[Path], device: str,
+                  result: ConvertResult, *, overwrite: bool, mask: bool, tta: str, combine: str,
+                  progress: bool, options) -> dict:
+    """Load the runs on `device`, convert and write `jobs`; returns {case: seconds, device, files}."""
+    from tqdm.auto import tqdm
+
+    from diffma_cli.convert import convert_volume, load_models
+
+    first = None if folder_mode else _read(jobs[0])  # one volume: input errors before the models load
+    ensemble = [load_models(path, device) for path in run_dirs]
+    provenance = _provenance(run_dirs, ensemble, options, tta, combine)
+    replace = overwrite or folder_mode
+    direction = ensemble[0].direction
+    done = {}
+    for job in tqdm(jobs, desc="volumes", unit="volume", disable=not (progress and folder_mode)):
+        began = time.perf_counter()
+        image, mask_image = first if first is not None else _read(job)
+        generated, std = convert_volume(image, ensemble, body_mask=mask_image, mask=mask, tta=tta,
+                                        combine=combine, progress=progress, source=job.input, **vars(options))
+        files = []
+        if std is not None:
+            files.append(_write(std, job, job.std_output, replace, direction, provenance, True))
+        files.append(_write(generated, job, job.output, replace, direction, provenance))
+        result.written.extend(files)
+        done[job.name] = {"seconds": round(time.perf_counter() - began, 2), "device": device,
+                          "files": [str(path) for path in files]}
+    return done
+
+
+def _pending(jobs: list[Job], folder_mode: bool, overwrite: bool, result: ConvertResult) -> list[Job]:
+    """The jobs still to do (finished cases of a folder go to result.skipped); refuses existing outputs."""
     todo = []
     for job in jobs:
         if folder_mode and not overwrite and all(path.exists() for path in job.outputs):
@@ -190,21 +247,25 @@ def convert_path(input_path: str | Path, output: str | Path, run_dir, *, device:
             # Folder mode: the leftover file of a half-done case is ours to replace.
             check_output(path, overwrite or (folder_mode and path.exists()))
         todo.append(job)
-    if not todo:
-        return result
-    first = None if folder_mode else _read(todo[0])  # one volume: input errors before the models load
-    ensemble = [load_models(path, device) for path in run_dirs]
-    provenance = _provenance(run_dirs, ensemble, options, tta, combine)
-    for job in tqdm(todo, desc="volumes", unit="volume", disable=not (progress and folder_mode)):
-        image, mask_image = first if first is not None else _read(job)
-        generated, std = convert_volume(image, ensemble, body_mask=mask_image, mask=mask, tta=tta,
-                                        combine=combine, progress=progress, source=job.input, **vars(options))
-        replace = overwrite or folder_mode
-        direction = ensemble[0].direction
-        if std is not None:
-            result.written.append(_write(std, job, job.std_output, replace, direction, provenance, True))
-        result.written.append(_write(generated, job, job.output, replace, direction, provenance))
-    return result
+    return todo
+
+
+def _write_summary(output: Path, reports: list[dict], result: ConvertResult, seconds: float) -> Path:
+    """OUTPUT/convert-summary.json of a run of several processes: who converted which case, in how long."""
+    import json
+
+    from diffma_cli import __version__
+    from diffma_cli.io.atomic import atomic_file
+
+    cases = {name: {"process": report["rank"], **case} for report in reports
+             for name, case in report["cases"].items()}
+    summary = {"format": SUMMARY_FORMAT, "diffma_version": __version__, "processes": len(reports),
+               "seconds": round(seconds, 1), "converted": dict(sorted(cases.items())),
+               "skipped": sorted(split_suffix(path.name)[0] for path in result.skipped)}
+    path = output / SUMMARY
+    with atomic_file(path, overwrite=True) as temporary:
+        temporary.write_text(json.dumps(summary, indent=1))
+    return path
 
 
 def _provenance(run_dirs, ensemble, options, tta: str, combine: str) -> tuple[str, str]:

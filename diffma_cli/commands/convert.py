@@ -68,6 +68,10 @@ def convert(
     Ensemble:     diffma convert ct.nii.gz -o mri.nii.gz --model runs/a --model runs/b --tta flip
 
     A folder run can be interrupted and run again: finished cases are skipped.
+
+    Cohort on K GPUs (one process each; one summary, convert-summary.json):
+
+    torchrun --standalone --nproc-per-node 4 -m diffma_cli convert Task1/pelvis -o predictions/ --model runs/p
     """
     from diffma_cli.convert_files import convert_path
 
@@ -75,7 +79,11 @@ def convert(
                           mask=mask, output_format=output_format, tta=tta, combine=combine, sampler=sampler,
                           steps=steps, seed=seed, samples=samples, batch_size=batch_size, noise=noise,
                           noise_correlation=noise_correlation, smooth_z=smooth_z)
+    if result.rank != 0:  # under torchrun only rank 0 speaks
+        return
     if result.skipped:
         typer.echo(f"skipped {len(result.skipped)} finished case(s) (--overwrite converts them again)")
     typer.echo(f"wrote {len(result.written)} file(s)" + (f": {result.written[-1]}" if len(result.written) == 1
                                                            else f" under {output}"))
+    if result.summary is not None:
+        typer.echo(f"{result.processes} processes; summary: {result.summary}")
