@@ -21,7 +21,7 @@ import yaml
 
 from diffma_cli.errors import InputError
 
-BUILTIN_RECIPES = ("brain", "pelvis", "demo")
+BUILTIN_RECIPES = ("brain", "pelvis", "pelvis-512", "demo")
 DIRECTIONS = ("ct->mr", "mr->ct")
 PRECISIONS = ("auto", "fp32", "bf16")
 SCANS = ("released", "spiral")
@@ -279,7 +279,7 @@ def _read_yaml(text: str, source: str) -> dict:
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
-    """Read a built-in recipe by name (`brain`, `pelvis`, `demo`) or a YAML file."""
+    """Read a built-in recipe by name (`brain`, `pelvis`, `pelvis-512`, `demo`) or a YAML file."""
     name = str(name_or_path)
     if name in BUILTIN_RECIPES:
         text = resources.files("diffma_cli").joinpath("recipes", f"{name}.yaml").read_text(encoding="utf-8")

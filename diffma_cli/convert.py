@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from diffma_cli.config import Recipe
+from diffma_cli.data.latent_cache import clip_embedding
 from diffma_cli.data.normalise import ct_from_unit, ct_to_unit, mr_scaling, mr_to_unit
 from diffma_cli.data.slicing import (
     BODY_THRESHOLD_HU,
@@ -280,7 +281,7 @@ def _condition(models: ConversionModels, images: torch.Tensor, clock) -> tuple[t
         if models.clip.visual is None:  # no CLIP: the condition vector carries no image embedding
             y = torch.zeros(images.shape[0], models.backbone.config["hidden_size"], device=images.device)
         else:
-            y = models.clip.encode(images)  # (b, E)
+            y = clip_embedding(models.clip, images)  # (b, E), resized to CLIP's input size as in training
     with clock("embedder"):
         w, y2 = models.embedder(source)
     return y, y2, w, source

@@ -67,6 +67,9 @@ def prepare(
     ct_window: str = typer.Option("-1024,3000", "--ct-window", help="HU window mapped to [-1, 1]."),
     mr_percentiles: str = typer.Option("0.5,99.5", "--mr-percentiles",
                                        help="Percentiles of the MR inside the mask mapped to -1 and 1."),
+    image_size: int = typer.Option(224, "--image-size", min=8, help="Side of the square slices in pixels "
+                                   "(a multiple of 8; 224 is the paper's). Train with a recipe of the same "
+                                   "data.image_size, e.g. pelvis-512 for --image-size 512."),
     orientation: str = typer.Option("LPS", "--orientation", help="Axis layout the volumes are reoriented to "
                                     "before slicing (axes permuted/flipped, exact): a three-letter code such "
                                     "as LPS (SynthRAD's and axial DICOM's), or none to slice as stored. "
@@ -76,7 +79,8 @@ def prepare(
                                   help="Leave bad cases out (recorded in the manifest) instead of stopping."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DATA if it exists."),
 ) -> None:
-    """Split SynthRAD cases by patient, normalise them, slice them to 224x224 pairs and write a manifest.
+    """Split SynthRAD cases by patient, normalise them, slice them to 224x224 pairs (--image-size) and write
+    a manifest.
 
     Bad cases (missing file, geometry mismatch, NaN, empty mask, unreadable) stop the run unless --skip-bad.
 
@@ -87,6 +91,8 @@ def prepare(
     from diffma_cli.data.prepare import prepare as prepare_data
     from diffma_cli.data.splits import parse_fractions
 
+    if image_size % 8:
+        raise InputError(f"--image-size {image_size} must be a multiple of 8 (the VAE downsamples by 8)")
     if anatomy is not None and anatomy not in ("brain", "pelvis"):
         raise InputError(f"--anatomy {anatomy!r} is not one of brain, pelvis")
     percentiles = _pair(mr_percentiles, "--mr-percentiles", "0.5,99.5")
@@ -97,6 +103,7 @@ def prepare(
         split_file=None if split_file is None else str(split_file),
         ct_window=_pair(ct_window, "--ct-window", "-1024,3000"),
         mr_percentiles=percentiles, orientation=check_orientation(orientation, "--orientation"),
+        size=image_size,
         workers=workers, skip_bad=skip_bad)
     manifest = prepare_data(src, out, options, overwrite=overwrite)
     for skipped in manifest["skipped"]:

@@ -10,7 +10,7 @@ import typer
 
 def doctor(
     recipe: str = typer.Option("brain", "--recipe", help="Recipe whose VAE and BiomedCLIP weights are looked "
-                               "for: brain, pelvis, demo or a YAML file."),
+                               "for: brain, pelvis, pelvis-512, demo or a YAML file."),
     folder: Path = typer.Option(Path("."), "--folder", help="Folder whose free disk space is shown."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:

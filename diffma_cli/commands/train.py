@@ -18,7 +18,8 @@ BACKBONES = {"diffma": "DiffMa", "dit": "DiT", "zigma": "ZigMa", "vim": "ViM", "
              "emamba": "EMamba"}
 SCANS = ("released", "spiral")
 
-RECIPE_HELP = "Recipe: brain, pelvis, demo or a YAML file. Default: brain (with --resume: the run's own)."
+RECIPE_HELP = ("Recipe: brain, pelvis, pelvis-512, demo or a YAML file. Default: brain (with --resume: "
+               "the run's own).")
 SET_HELP = "Override any recipe key, e.g. --set training.lr=2e-4 (repeatable; values are read as YAML)."
 DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N. Under torchrun: each process's LOCAL_RANK GPU."
 

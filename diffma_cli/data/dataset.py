@@ -6,11 +6,12 @@ Public interface (used by training and the latent cache; kept stable):
   raises InputError with a hint to run `diffma prepare` otherwise.
 - `PreparedSlices(data_dir, split="train", cases=None)`: a `torch.utils.data.Dataset` over every stored
   slice of the split's cases (or of the listed `cases`), in manifest order. Item i is a dict
-  {"ct": float32 (1, 224, 224) in [-1, 1], "mr": same, "mask": float32 (1, 224, 224) in {0, 1},
+  {"ct": float32 (1, S, S) in [-1, 1], "mr": same, "mask": float32 (1, S, S) in {0, 1},
    "case": case id (str), "slice": z index of the slice in the original volume (int)}.
   Arrays are memory-mapped float16 `.npy` files, opened lazily in each DataLoader worker.
   `dataset.index` lists (case id, row) per item; `dataset.case_arrays(case_id)` gives a case's raw
-  memory-mapped arrays {"ct", "mr", "mask"} of shape (n, 224, 224) for bulk reads (latent caches).
+  memory-mapped arrays {"ct", "mr", "mask"} of shape (n, S, S) for bulk reads (latent caches).
+S is the prepared slice size (`prepare --image-size`, manifest options.size; 224 by default).
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ MR) and the CLIP embedding of the conditioning image. Training draws a fresh lat
 (mean + std · ε) · scale from them each time, so it sees the same distribution as the released code.
 
 One safetensors file per split (default DATA/latent_cache/<split>.safetensors):
-    ct_mean, ct_std, mr_mean, mr_std   (N, 4, h, w) float32, h = w = 224 / 8
+    ct_mean, ct_std, mr_mean, mr_std   (N, 4, h, w) float32, h = w = slice size / 8 (224 / 8 = 28)
     clip                               (N, E) float32, CLIP embedding of the `clip_of` modality (absent for
-                                       `clip: none`)
+                                       `clip: none`; slices of another size than CLIP's are resized for it,
+                                       `clip_embedding`)
     case_index, slice_index            (N,) int64; case names in the metadata
 Its metadata records which encoders made it (their identities), which data (`data_key`, slice count) and the
 cache format; `ensure_latent_cache` rebuilds the file whenever any of these differ.
@@ -54,6 +55,17 @@ def _stored_key(path: Path) -> str | None:
         return None
 
 
+def clip_embedding(clip, images: torch.Tensor) -> torch.Tensor:
+    """CLIP's embedding of slices (N, 1, S, S) in [-1, 1] of any size S: resized (bilinear, anti-aliased) to
+    the tower's input size (224² for BiomedCLIP) when S differs, so runs at native resolution (e.g. 512²)
+    condition on the same kind of CLIP input as the paper's 224² runs. Training and convert both use it."""
+    side = getattr(clip, "image_size", None)
+    if clip.visual is not None and side is not None and tuple(images.shape[-2:]) != (side, side):
+        images = torch.nn.functional.interpolate(images.float(), size=(side, side), mode="bilinear",
+                                                 antialias=True, align_corners=False)
+    return clip.encode(images)
+
+
 def _encode_all(slices: Dataset, vae, clip, clip_of: str, batch_size: int, device, progress: bool,
                 num_workers: int) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Batched encoding of every slice: ({"ct_mean": (N, 4, h, w), ..., "clip": (N, E)} on the CPU, case
@@ -66,7 +78,7 @@ def _encode_all(slices: Dataset, vae, clip, clip_of: str, batch_size: int, devic
             parts.setdefault(f"{modality}_mean", []).append(posterior.mean.cpu())
             parts.setdefault(f"{modality}_std", []).append(posterior.std.cpu())
         if clip.visual is not None:
-            parts.setdefault("clip", []).append(clip.encode(batch[clip_of].to(device)).cpu())
+            parts.setdefault("clip", []).append(clip_embedding(clip, batch[clip_of].to(device)).cpu())
         parts.setdefault("case", []).extend(batch["case"])
         parts.setdefault("slice", []).append(torch.as_tensor(batch["slice"], dtype=torch.int64))
     cases = parts.pop("case")

@@ -33,17 +33,26 @@ def data_reference(data_dir: Path) -> dict:
     return {"path": str(Path(data_dir).resolve()), "manifest": "manifest.json",
             "manifest_sha256": file_sha256(Path(data_dir) / "manifest.json"),
             "ct_window": options.get("ct_window"), "mr_percentiles": options.get("mr_percentiles"),
-            "orientation": options.get("orientation"), "slice_counts": manifest.get("slice_counts")}
+            "orientation": options.get("orientation"), "image_size": options.get("size"),
+            "slice_counts": manifest.get("slice_counts")}
 
 
 def with_data_normalisation(recipe: Recipe, reference: dict) -> Recipe:
     """The recipe with the CT window, MR percentiles and orientation the data was actually prepared with, so
     that the run's recipe.yaml tells `convert` how to orient and normalise new scans the same way (data
-    prepared before orientations were recorded keeps the recipe's)."""
+    prepared before orientations were recorded keeps the recipe's). InputError when the data's slice size
+    is not the recipe's data.image_size."""
     changes = {key: reference[name] for key, name in (("data.ct_window_hu", "ct_window"),
                                                        ("data.mr_percentiles", "mr_percentiles"),
                                                        ("data.orientation", "orientation"))
                if reference.get(name) is not None}
+    size = reference.get("image_size")
+    if size is not None and size != recipe.data.image_size:
+        # The models' input size follows data.image_size (latents of image_size / 8): the slices must match.
+        raise InputError(f"the prepared slices are {size}² but the recipe's data.image_size is "
+                         f"{recipe.data.image_size}", path=reference.get("path"),
+                         hint=f"prepare with --image-size {recipe.data.image_size}, or train with "
+                              f"--set data.image_size={size}")
     return apply_overrides(recipe, changes)
 
 

@@ -60,8 +60,8 @@ def test_two_processes_share_a_folder_skip_finished_cases_and_write_one_summary(
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "diffma_cli", "convert", str(cases), "-o", str(out), "--model", str(run_dir),
                "--device", "cpu"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace",
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("wrote 2 file(s)") == 1 and "skipped 1" in done.stdout  # only rank 0 speaks
     summary = json.loads((out / SUMMARY).read_text())
