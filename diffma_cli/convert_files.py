@@ -3,9 +3,10 @@
 INPUT is one of
 - a volume file (any SimpleITK format) or a DICOM series folder -> OUTPUT is a volume file;
 - a folder of volumes -> OUTPUT is a folder. Its cases are the volume files directly in it (case = file
-  name without suffix) and its subfolders that hold the run's source modality as `ct.<suffix>` (or
+  name without suffix), its subfolders that hold the run's source modality as `ct.<suffix>` (or
   `mr.<suffix>` for an MR -> CT run), SynthRAD's layout (case = folder name; a `mask.<suffix>` beside it is
-  used as the body mask). Each case is written as `OUTPUT/<case><suffix>`, the input's suffix.
+  used as the body mask), and its subfolders that hold one DICOM series (case = folder name). Each case is
+  written as `OUTPUT/<case><suffix>`, the input's suffix, a DICOM series case as the series `OUTPUT/<case>/`.
 
 Output format: a volume file in the format its suffix names, or (`output_format="dicom"`, or "auto" with a
 DICOM series folder in and an OUTPUT without a volume suffix) a DICOM series folder on the input's frame of
@@ -88,6 +89,12 @@ def _find_named(folder: Path, stem: str) -> Path | None:
     return found[0] if found else None
 
 
+def _holds_dicom_series(folder: Path) -> bool:
+    import SimpleITK as sitk
+
+    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
 def folder_cases(folder: Path, source_modality: str) -> list[tuple[str, Path, Path | None]]:
     """(case, input volume, body mask or None) for the cases of a folder of volumes (module docstring)."""
     cases = []
@@ -98,6 +105,8 @@ def folder_cases(folder: Path, source_modality: str) -> list[tuple[str, Path, Pa
             volume = _find_named(entry, source_modality)
             if volume is not None:
                 cases.append((entry.name, volume, _find_named(entry, "mask")))
+            elif _holds_dicom_series(entry):
+                cases.append((entry.name, entry, None))
     names = [name for name, _, _ in cases]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -142,8 +151,9 @@ def plan_jobs(input_path: str | Path, output: str | Path, source_modality: str, 
         raise InputError("the output folder is the input folder", path=output, hint="choose another folder")
     jobs = []
     for name, volume, mask in cases:
-        target = output / (name if dicom else f"{name}{split_suffix(volume.name)[1]}")
-        jobs.append(Job(name, volume, target, std_path(target) if members > 1 else None, mask, dicom))
+        series = dicom or volume.is_dir()  # a DICOM series case gives a DICOM series (auto)
+        target = output / (name if series else f"{name}{split_suffix(volume.name)[1]}")
+        jobs.append(Job(name, volume, target, std_path(target) if members > 1 else None, mask, series))
     return jobs, True
 
 

@@ -85,3 +85,22 @@ def test_rescale_spreads_the_range_over_16_bits():
     assert stored.min() == 0 and 65534 <= stored.max() <= 65535
     assert np.abs(stored * float(slope) + float(intercept) - values).max() <= float(slope) / 2 + 1e-7
     assert rescale_for(np.full(3, 0.5))[1] == "1"
+
+
+def test_a_folder_of_dicom_series_gives_one_series_per_patient(tmp_path, run_dir, ct_file):
+    cases = tmp_path / "cohort"
+    cases.mkdir()
+    studies = {"P1": "1.2.826.0.1.3680043.2.1125.7", "P2": "1.2.826.0.1.3680043.2.1125.8"}
+    for name, study in studies.items():
+        write_dicom_series(ct_array(), cases / name, [("0020|000d", study), ("0010|0020", name)])
+    (cases / "nifti.nii.gz").write_bytes(ct_file.read_bytes())
+    out = tmp_path / "pred"
+    result = invoke(cases, "-o", out, "--model", run_dir, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in out.iterdir()) == ["P1", "P2", "nifti.nii.gz"]
+    for name, study in studies.items():
+        image, tags, _ = read_series(out / name)
+        assert tags["0020|000d"] == study and tags["0010|0020"] == name and tags["0008|0060"] == "MR"
+        assert same_grid(image, read_series(cases / name)[0])
+    again = invoke(cases, "-o", out, "--model", run_dir, "--device", "cpu")
+    assert again.exit_code == 0 and "skipped 3" in again.output, again.output
