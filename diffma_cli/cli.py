@@ -21,7 +21,7 @@ except ImportError:  # older typer uses click itself
     from click import exceptions as click_exceptions
 
 from diffma_cli import __version__
-from diffma_cli.errors import DiffmaError
+from diffma_cli.errors import DiffmaError, from_os_error
 
 
 class OneLineUsageErrors(TyperGroup):
@@ -98,6 +98,10 @@ def friendly_errors(command: Callable) -> Callable:
         except Exception as error:  # a bug, not a user error: say so and how to see more
             if _state["debug"]:
                 traceback.print_exc()
+            known = from_os_error(error)  # what the system refused: a full disk, a bad path, memory
+            if known is not None:
+                typer.echo(f"diffma: error: {known}", err=True)
+                raise typer.Exit(known.exit_code) from None
             typer.echo(f"diffma: internal error: {type(error).__name__}: {error} "
                        "(run again with --debug for the traceback and report it)", err=True)
             raise typer.Exit(1) from None

@@ -14,8 +14,9 @@ reference (diffma_cli.io.dicom_series); in folder mode `OUTPUT/<case>/`.
 
 With --samples K > 1 the standard-deviation map goes beside its volume as `<name>_std<suffix>` (eval
 ignores files not named after a case), or as the series folder `<name>_std`. Every file is written
-atomically. A folder run resumes: cases whose outputs all exist are skipped unless `overwrite`; a case left
-half-done (one of its files missing) is redone, replacing its own leftover file.
+atomically, and a volume file is read back before it gets its name. A folder run resumes: cases whose
+outputs all exist (volume files: and read back as complete volumes) are skipped unless `overwrite`; a case
+left half-done (one of its files missing or damaged) is redone, replacing its own leftover file.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from pathlib import Path
 from diffma_cli.cohort import cohort_group, gather, split, this_share, wait_for_all
 from diffma_cli.errors import InputError
 from diffma_cli.io.atomic import check_output
-from diffma_cli.io.volumes import VOLUME_SUFFIXES, is_volume_file, read_volume, write_volume
+from diffma_cli.io.volumes import (
+    VOLUME_SUFFIXES,
+    is_volume_file,
+    read_volume,
+    volume_file_problem,
+    write_volume,
+)
 
 STD_SUFFIX = "_std"
 # Written into OUTPUT by a folder run of several processes (torchrun).
@@ -250,7 +257,10 @@ def _pending(jobs: list[Job], folder_mode: bool, overwrite: bool, result: Conver
     """The jobs still to do (finished cases of a folder go to result.skipped); refuses existing outputs."""
     todo = []
     for job in jobs:
-        if folder_mode and not overwrite and all(path.exists() for path in job.outputs):
+        # A volume file counts as finished only if it reads back whole; a DICOM series folder (written
+        # atomically as a whole) if it exists.
+        finished = [path.is_dir() if job.dicom else volume_file_problem(path) is None for path in job.outputs]
+        if folder_mode and not overwrite and all(finished):
             result.skipped.append(job.output)
             continue
         for path in job.outputs:

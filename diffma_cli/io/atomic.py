@@ -3,10 +3,16 @@
 Writers work on a temporary sibling (same folder, so the final rename is atomic on POSIX) whose name starts
 with `.partial-`; a crash or Ctrl-C leaves at most such a hidden temporary, never a file or folder that looks
 finished. The temporary keeps the final name's extensions so that format-sniffing writers (SimpleITK) work.
+
+Before the rename the temporary's data is flushed to the disk (fsync) and after it the folder entry is too,
+so that once a command reports success a power cut cannot leave an empty or partial file under the final
+name (on file systems that honour fsync; docs/troubleshooting.md). A full disk, wherever it shows up
+(an OSError, or a library's own error while the disk is full), becomes one OutputError naming the folder.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -36,6 +42,79 @@ def check_output(path: str | Path, overwrite: bool) -> Path:
     return path
 
 
+def free_bytes(folder: Path) -> int | None:
+    """Bytes free for us in the file system of `folder` (or its nearest existing parent); None if unknown."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def is_disk_full(error: BaseException, folder: Path | None = None) -> bool:
+    """Whether `error` (or what caused it) comes from a full disk or quota.
+
+    Some writers hide the errno (torch.save raises "file write failed", SimpleITK may not raise at all):
+    a writer's failure while the output's file system has less than 1 MiB free counts as a full disk too.
+    """
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
+            return True
+        if "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if folder is not None and isinstance(error, (OSError, RuntimeError)):
+        free = free_bytes(folder)
+        return free is not None and free < 2**20
+    return False
+
+
+def disk_full_error(folder: Path) -> OutputError:
+    return OutputError(f"no space left on device in {Path(folder).absolute()}",
+                       hint="free some space there or write the output elsewhere")
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to the disk (a no-op for folders and what cannot be opened)."""
+    if not path.is_file():
+        return
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename in it) to the disk; silently skipped where folders cannot be
+    opened (some platforms and network file systems)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError as error:
+        if error.errno in _DISK_FULL:
+            raise
+    finally:
+        os.close(descriptor)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under `folder` (a folder built in a temporary before its rename)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fsync_file(Path(root) / name)
+        fsync_folder(Path(root))
+
+
 def _temporary_sibling(path: Path) -> Path:
     return path.parent / f"{PARTIAL_PREFIX}{os.getpid()}-{path.name}"
 
@@ -58,9 +137,14 @@ def atomic_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         yield temporary
         if not temporary.exists():
             raise RuntimeError(f"writer did not create {temporary}")
+        fsync_file(temporary)
         os.replace(temporary, path)
-    except BaseException:
+        fsync_folder(path.parent)
+    except BaseException as error:
         _remove(temporary)
+        if isinstance(error, Exception) and not isinstance(error, OutputError) \
+                and is_disk_full(error, path.parent):
+            raise disk_full_error(path.parent) from error
         raise
 
 
@@ -74,6 +158,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     temporary.mkdir()
     try:
         yield temporary
+        fsync_tree(temporary)
         if path.exists():
             old = path.parent / f"{PARTIAL_PREFIX}old-{os.getpid()}-{path.name}"
             os.replace(path, old)
@@ -81,6 +166,10 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
             _remove(old)
         else:
             os.replace(temporary, path)
-    except BaseException:
+        fsync_folder(path.parent)
+    except BaseException as error:
         _remove(temporary)
+        if isinstance(error, Exception) and not isinstance(error, OutputError) \
+                and is_disk_full(error, path.parent):
+            raise disk_full_error(path.parent) from error
         raise

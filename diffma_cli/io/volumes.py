@@ -6,11 +6,13 @@ taken from it are indexed (z, y, x) as SimpleITK's `GetArrayFromImage` returns t
 
 from __future__ import annotations
 
+import os
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
-from diffma_cli.errors import InputError
-from diffma_cli.io.atomic import atomic_file
+from diffma_cli.errors import InputError, OutputError
+from diffma_cli.io.atomic import atomic_file, disk_full_error, free_bytes
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 
@@ -42,9 +44,11 @@ def read_volume(path: str | Path, *, dimension: int = 3, check_voxels: bool = Tr
                 raise InputError(f"folder holds {len(series)} DICOM series; expected one", path=path,
                                  hint="put each series in its own folder")
             files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0])
-            image = sitk.ReadImage(files)
+            with quiet_itk():
+                image = sitk.ReadImage(files)
         else:
-            image = sitk.ReadImage(str(path))
+            with quiet_itk():
+                image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         reason = str(error).strip().splitlines()
         detail = next((line for line in reason if "ERROR" in line or "Unable" in line), "unreadable")
@@ -123,10 +127,83 @@ def nifti_nonfinite_count(path: Path) -> int:
 
 
 def write_volume(image, path: str | Path, *, overwrite: bool = False, compress: bool = True) -> Path:
-    """Write a `SimpleITK.Image` atomically (never a half-written file under the final name)."""
+    """Write a `SimpleITK.Image` so that a file under `path` is always complete.
+
+    SimpleITK's writer can fail without raising (on a full disk it prints "wrote only 0 of N bytes" and
+    returns): the temporary file is read back (size, voxel count and, for NIfTI, every voxel byte) before
+    it is flushed to the disk and renamed (io/atomic.py). A failed check is an OutputError, "no space left
+    on device in DIR" when the disk is full.
+    """
     import SimpleITK as sitk
 
     path = Path(path)
     with atomic_file(path, overwrite=overwrite) as temporary:
-        sitk.WriteImage(image, str(temporary), useCompression=compress)
+        with quiet_itk():
+            sitk.WriteImage(image, str(temporary), useCompression=compress)
+        problem = volume_file_problem(temporary, expected_size=image.GetSize())
+        if problem is not None:
+            free = free_bytes(path.parent)
+            needed = image.GetNumberOfPixels() * image.GetSizeOfPixelComponent()
+            if free is not None and free < max(needed, 2**20):
+                raise disk_full_error(path.parent)
+            raise OutputError(f"the written file failed its read-back check ({problem})", path=path,
+                              hint="check the disk and write again")
     return path
+
+
+def volume_file_problem(path: Path, expected_size: tuple[int, ...] | None = None) -> str | None:
+    """Why a volume file on disk is not a complete, readable volume (None when it is).
+
+    Reads the header (and compares the voxel grid with `expected_size`), then the voxel data: NIfTI by
+    our own byte count (ITK zero-fills a short file), other formats through ITK. Used after every write
+    and before a folder run skips a case as finished.
+    """
+    import SimpleITK as sitk
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return "empty or missing"
+    try:
+        with quiet_itk():
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            size = tuple(reader.GetSize())
+            if expected_size is not None and size != tuple(expected_size):
+                return f"holds {size} voxels, expected {tuple(expected_size)}"
+            if path.name.lower().endswith((".nii", ".nii.gz")):
+                nifti_nonfinite_count(path)
+            else:
+                sitk.ReadImage(str(path))
+    except (RuntimeError, OSError, EOFError, zlib.error) as error:
+        return str(error).strip().splitlines()[-1][:120] if str(error).strip() else type(error).__name__
+    return None
+
+
+@contextmanager
+def quiet_itk():
+    """Keep ITK's, GDCM's and the NIfTI library's messages off the terminal while reading or writing a
+    volume: our own checks turn every problem into one line, and those libraries print to the C-level
+    stderr (file descriptor 2) before and besides raising, which Python cannot catch otherwise."""
+    import sys
+    import tempfile
+
+    import SimpleITK as sitk
+
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 (a detached process): nothing to silence
+        saved = None
+    sink = tempfile.TemporaryFile() if saved is not None else None
+    if sink is not None:
+        os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        if sink is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.close()
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
