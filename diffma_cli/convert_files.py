@@ -147,7 +147,9 @@ def plan_jobs(input_path: str | Path, output: str | Path, source_modality: str, 
                                   "or pass --output-format dicom for a DICOM series folder")
         std = std_path(output) if members > 1 else None
         mask = Path(body_mask) if body_mask is not None else None
-        return [Job(stem, input_path, output, std, mask, dicom)], False
+        jobs = [Job(stem, input_path, output, std, mask, dicom)]
+        refuse_overwriting_inputs(jobs)
+        return jobs, False
     if body_mask is not None:
         raise InputError("--body-mask is for one volume; in a folder each case's mask.<suffix> is used",
                          path=body_mask)
@@ -161,7 +163,32 @@ def plan_jobs(input_path: str | Path, output: str | Path, source_modality: str, 
         series = dicom or volume.is_dir()  # a DICOM series case gives a DICOM series (auto)
         target = output / (name if series else f"{name}{split_suffix(volume.name)[1]}")
         jobs.append(Job(name, volume, target, std_path(target) if members > 1 else None, mask, series))
+    refuse_overwriting_inputs(jobs)
     return jobs, True
+
+
+def _same_file(one: Path, other: Path) -> bool:
+    """Whether two paths name one file: the same path once links are resolved, or (hard links) the same
+    inode."""
+    if one.resolve() == other.resolve():
+        return True
+    try:
+        return one.exists() and other.exists() and one.samefile(other)
+    except OSError:
+        return False
+
+
+def refuse_overwriting_inputs(jobs: list[Job]) -> None:
+    """InputError when an output (a volume or its `_std` companion) would replace an input or a body mask,
+    directly, through a symbolic link or as a hard link: --overwrite replaces outputs, never inputs."""
+    inputs = [path for job in jobs for path in (job.input, job.body_mask) if path is not None]
+    for job in jobs:
+        for output in job.outputs:
+            for source in inputs:
+                if _same_file(output, source):
+                    what = "this output" if output == job.output else f"this output's {STD_SUFFIX} map"
+                    raise InputError(f"{what} would replace the input {source}", path=job.output,
+                                     hint="choose another output name; --overwrite never replaces inputs")
 
 
 def convert_path(input_path: str | Path, output: str | Path, run_dir, *, device: str = "auto",
