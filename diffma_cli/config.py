@@ -11,6 +11,7 @@ Where each default value comes from is noted in the shipped YAML files (paper se
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -186,6 +187,19 @@ class Recipe:
                 raise InputError(f"recipe {prefix}: set epochs or steps to at least 1")
             if not 0.0 <= training.ema_decay < 1.0:
                 raise InputError(f"recipe value {prefix}.ema_decay={training.ema_decay} must be in [0, 1)")
+            _check_optimiser(prefix, training)
+        _finite_range("embedder.tau", self.embedder.tau, low=0.0, low_open=True,
+                      why="the InfoNCE temperature divides the similarities")
+        _finite_range("vae.kl_weight", self.vae.kl_weight, low=0.0)
+        for key, value in (("embedder.patch_size", self.embedder.patch_size),
+                           ("embedder.embed_dim", self.embedder.embed_dim),
+                           ("model.depth", self.model.depth), ("model.hidden_size", self.model.hidden_size),
+                           ("sampling.steps", self.sampling.steps),
+                           ("sampling.batch_size", self.sampling.batch_size),
+                           ("data.image_size", self.data.image_size)):
+            if value is not None and value < 1:
+                raise InputError(f"recipe value {key}={value} must be >= 1")
+        _seed_range("sampling.seed", self.sampling.seed)
         from diffma_cli.data.orientation import check_orientation
 
         self.data.orientation = check_orientation(self.data.orientation)
@@ -193,6 +207,41 @@ class Recipe:
             raise InputError(f"recipe value data.image_size={self.data.image_size} must be a multiple of 8 "
                              "(the VAE downsamples by 8)")
         return self
+
+
+def _finite_range(key: str, value: float, *, low: float | None = None, high: float | None = None,
+                  low_open: bool = False, high_open: bool = False, why: str = "") -> None:
+    """InputError unless `value` is finite and within [low, high] (an open end excludes the bound)."""
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if not math.isfinite(value) or below or above:
+        if low is not None and high is not None:
+            bounds = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None:
+            bounds = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            bounds = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        because = f" ({why})" if why else ""
+        raise InputError(f"recipe value {key}={value} must be a finite number {bounds}{because}".rstrip())
+
+
+def _seed_range(key: str, value: int) -> None:
+    if not 0 <= value < 2**63:
+        raise InputError(f"recipe value {key}={value} must be in [0, 2^63)")
+
+
+def _check_optimiser(prefix: str, training: TrainingConfig) -> None:
+    """Ranges of the AdamW settings and of the counters, before a run folder exists."""
+    _finite_range(f"{prefix}.lr", training.lr, low=0.0)
+    _finite_range(f"{prefix}.weight_decay", training.weight_decay, low=0.0)
+    if len(training.betas) != 2:
+        raise InputError(f"recipe value {prefix}.betas={training.betas} must hold two numbers")
+    for beta in training.betas:
+        _finite_range(f"{prefix}.betas", beta, low=0.0, high=1.0, high_open=True)
+    for key in ("steps", "epochs", "num_workers"):
+        if getattr(training, key) < 0:
+            raise InputError(f"recipe value {prefix}.{key}={getattr(training, key)} must be >= 0")
+    _seed_range(f"{prefix}.seed", training.seed)
 
 
 def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
@@ -275,7 +324,10 @@ def _read_yaml(text: str, source: str) -> dict:
         values = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise InputError(f"is not valid YAML: {error}", path=source) from None
-    return {} if values is None else values
+    if values is None:  # an empty file would silently mean every default (the brain recipe)
+        raise InputError("is empty", path=source,
+                         hint="a recipe needs its sections; start from `--recipe brain` and --set changes")
+    return values
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:

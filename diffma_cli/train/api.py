@@ -6,6 +6,7 @@ from rank 0 and returns the run folder's path. The same functions are what the C
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -82,6 +83,7 @@ def _train(kind: str, run_dir: str | Path, recipe: Recipe, settings: TrainingCon
             if previous.get("kind") != kind:
                 raise InputError(f"is a {previous.get('kind')} run; cannot resume it as a {kind} run",
                                  path=run_dir)
+            same_model_as_before(kind, run_dir, recipe)
         # The same initial weights on every process (DDP would also broadcast rank 0's).
         torch.manual_seed(settings.seed)
         task = build(where)
@@ -90,28 +92,79 @@ def _train(kind: str, run_dir: str | Path, recipe: Recipe, settings: TrainingCon
         if where.is_main and not resume:
             run_folder.prepare_run_folder(run_dir, overwrite=overwrite, resume=resume)
         barrier(where)
-        record = None
-        if where.is_main:
-            record = run_folder.start_run(run_dir, recipe, {
-                "kind": kind, "diffma_version": __version__, "command": sys.argv, **info(task),
-                "world_size": where.world_size, "device": str(where.device)}, resume=resume)
-            if resume:  # the resolved recipe now includes this session's overrides (e.g. more steps)
-                save_recipe(recipe, run_dir / run_folder.RECIPE)
-            elif start is not None:
-                start(task, run_dir)
-        if where.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(where.device)
-        result = fit(task, settings, run_dir, where, resume=resume, progress=progress, description=kind)
-        if where.is_main:
-            peak = torch.cuda.max_memory_allocated(where.device) if where.device.type == "cuda" else 0
-            results = export(task, result, run_dir)
-            if peak:  # of training on this GPU (rank 0), before the export
-                results["peak_gpu_memory_gib"] = round(peak / 2**30, 3)
-            run_folder.finish_run(run_dir, record, steps=result.state.step, epochs_done=result.state.epoch,
-                                  final_loss=result.losses[-1] if result.losses else None,
-                                  images_per_second=round(result.images_per_second, 3), **results)
+        with _removed_unless_started(run_dir, where.is_main and not resume):
+            _start_fit_export(kind, run_dir, recipe, settings, where, task, export, info, resume, progress,
+                              start)
         barrier(where)
     return run_dir
+
+
+@contextlib.contextmanager
+def _removed_unless_started(run_dir: Path, created_here: bool):
+    """Remove a run folder this call created if training fails before its first checkpoint: nothing in it
+    could be resumed, and under its final name it would block the corrected command ("already exists")."""
+    from diffma_cli.train.checkpoint import latest_checkpoint
+
+    try:
+        yield
+    except BaseException:
+        if created_here and latest_checkpoint(run_dir) is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+# The recipe sections that fix the weights' shapes, by run kind: --resume must not change them.
+MODEL_SECTIONS = {"diffusion": ("model", "diffusion"),
+                  "embedder": ("embedder.patch_size", "embedder.embed_dim"), "vae": ("vae",)}
+
+
+def same_model_as_before(kind: str, run_dir: Path, recipe: Recipe) -> None:
+    """InputError when a resumed run's recipe describes another model than the run's recipe.yaml (e.g.
+    --resume --size B on an S run): the checkpoint's weights keep their size."""
+    from diffma_cli.config import load_recipe, recipe_to_dict
+
+    saved_path = run_dir / run_folder.RECIPE
+    if not saved_path.is_file():
+        return
+    before, now = recipe_to_dict(load_recipe(saved_path)), recipe_to_dict(recipe)
+    for key in MODEL_SECTIONS[kind]:
+        old, new = before, now
+        for part in key.split("."):
+            old, new = old[part], new[part]
+        if isinstance(old, dict):  # a section: training settings may change on resume, the model not
+            old = {k: v for k, v in old.items() if k != "training"}
+            new = {k: v for k, v in new.items() if k != "training"}
+            changed = [k for k in old if old[k] != new.get(k)]
+            if changed:
+                key, old, new = f"{key}.{changed[0]}", old[changed[0]], new[changed[0]]
+        if old != new:
+            raise InputError(f"--resume cannot change the model: the run has {key}={old}, now {new}",
+                             path=run_dir, hint="resume with the run's own settings, or train a new run")
+
+
+def _start_fit_export(kind, run_dir, recipe, settings, where, task, export, info, resume, progress,
+                      start) -> None:
+    """Write run.json (and the start files), train, export the weights and mark the run finished."""
+    record = None
+    if where.is_main:
+        record = run_folder.start_run(run_dir, recipe, {
+            "kind": kind, "diffma_version": __version__, "command": sys.argv, **info(task),
+            "world_size": where.world_size, "device": str(where.device)}, resume=resume)
+        if resume:  # the resolved recipe now includes this session's overrides (e.g. more steps)
+            save_recipe(recipe, run_dir / run_folder.RECIPE)
+        elif start is not None:
+            start(task, run_dir)
+    if where.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(where.device)
+    result = fit(task, settings, run_dir, where, resume=resume, progress=progress, description=kind)
+    if where.is_main:
+        peak = torch.cuda.max_memory_allocated(where.device) if where.device.type == "cuda" else 0
+        results = export(task, result, run_dir)
+        if peak:  # of training on this GPU (rank 0), before the export
+            results["peak_gpu_memory_gib"] = round(peak / 2**30, 3)
+        run_folder.finish_run(run_dir, record, steps=result.state.step, epochs_done=result.state.epoch,
+                              final_loss=result.losses[-1] if result.losses else None,
+                              images_per_second=round(result.images_per_second, 3), **results)
 
 
 # ---------------------------------------------------------------- train-vae
@@ -272,6 +325,9 @@ def backbone_overrides(recipe: Recipe) -> dict:
 def _check_fit(backbone, embedder, cache, embedder_path: Path) -> None:
     """The embedder's tokens and the CLIP embedding must have the backbone's token count and width."""
     b, e = backbone.config, embedder.config
+    if not str(e.get("name", "")).startswith("embedder/"):
+        raise InputError(f"holds a {e.get('name')} model, not a CT Vision Embedder", path=embedder_path,
+                         hint="pass a `diffma train-embedder` run folder or its embedder.safetensors")
     if (b["patch_size"], b["hidden_size"], b["input_size"]) != (e["patch_size"], e["hidden_size"],
                                                                 e["input_size"]):
         raise InputError(f"the embedder ({e['name']}, width {e['hidden_size']}, latent {e['input_size']}) "

@@ -31,6 +31,7 @@ from diffma_cli.train.data_order import (
     sample_seeds,
 )
 from diffma_cli.train.distributed import Processes, barrier, mean_over_processes
+from diffma_cli.train.divergence import SkippedSteps
 from diffma_cli.train.ema import ema_copy, ema_decay_at, initialisation_share, update_ema
 
 
@@ -158,6 +159,7 @@ def fit(task: Task, settings: TrainingConfig, run_dir: str | Path, where: Proces
     bar = tqdm(total=total_steps, initial=state.step, desc=description, unit="step", dynamic_ncols=True,
                disable=not (progress and where.is_main))
     last_saved = state.step if resume else -1
+    skipped = SkippedSteps()
     # One loader for the whole run: its workers live across epochs (starting them again at every epoch cost
     # seconds per epoch on small data sets). The sampler is read in this process at each iter(), so
     # set_epoch below still decides the order of every epoch.
@@ -182,7 +184,7 @@ def fit(task: Task, settings: TrainingConfig, run_dir: str | Path, where: Proces
                     (loss / settings.grad_accumulation).backward()
                 step_loss += loss.detach().float() / settings.grad_accumulation
             step_loss = mean_over_processes(step_loss, where).item()
-            if math.isfinite(step_loss):
+            if skipped.record(step_loss):  # a non-finite step leaves the weights as they were
                 optimizer.step()
                 # The warm-up counts optimiser steps (a resumed run continues where it stopped).
                 update_ema(ema, model, ema_decay_at(settings.ema_decay, state.step, settings.ema_warmup))
@@ -203,6 +205,9 @@ def fit(task: Task, settings: TrainingConfig, run_dir: str | Path, where: Proces
                         "skipped_steps": len(window_losses) - len(finite), "lr": settings.lr,
                         "images_per_s": round(speed, 3), "time": time.time()})
                 bar.set_postfix(loss=f"{mean_loss:.4g}", img_s=f"{speed:.1f}")
+                if where.is_main and len(finite) < len(window_losses):
+                    bar.write(f"warning: {len(window_losses) - len(finite)} of the last {len(window_losses)} "
+                              "steps had a non-finite loss and were skipped", file=sys.stderr)
                 window_losses, window_start = [], now
             bar.update(1)
 
@@ -215,6 +220,7 @@ def fit(task: Task, settings: TrainingConfig, run_dir: str | Path, where: Proces
     if last_saved != state.step:
         _checkpoint(run_dir, model, ema, optimizer, state, where)
     bar.close()
+    skipped.check_at_end()
     elapsed = time.perf_counter() - fit_start
     return FitResult(model=model, ema=ema, losses=losses, state=state,
                      images_per_second=fit_images / elapsed if fit_images else 0.0)

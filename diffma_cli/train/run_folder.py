@@ -63,9 +63,11 @@ def prepare_run_folder(path: str | Path, *, overwrite: bool, resume: bool, creat
 
 
 def write_json(path: Path, values: dict) -> None:
+    from diffma_cli.train.run_log import finite_or_null
+
+    text = json.dumps(finite_or_null(values), indent=1, sort_keys=True, default=str, allow_nan=False)
     with atomic_file(path, overwrite=True) as temporary:
-        temporary.write_text(json.dumps(values, indent=1, sort_keys=True, default=str) + "\n",
-            encoding="utf-8")
+        temporary.write_text(text + "\n", encoding="utf-8")
 
 
 def read_run_info(path: str | Path) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from diffma_cli.io.atomic import atomic_file
@@ -11,9 +12,21 @@ LOG = "log.jsonl"
 
 
 def append_record(run_dir: Path, record: dict) -> None:
+    """Append one line; NaN and infinities become null (strict JSON readers refuse bare NaN)."""
     with open(Path(run_dir) / LOG, "a", encoding="utf-8") as log:
-        log.write(json.dumps(record) + "\n")
+        log.write(json.dumps(finite_or_null(record), allow_nan=False) + "\n")
         log.flush()
+
+
+def finite_or_null(value):
+    """`value` with every non-finite float (at any depth of dicts and lists) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value
 
 
 def read_records(run_dir: Path) -> list[dict]:
