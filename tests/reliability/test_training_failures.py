@@ -58,7 +58,8 @@ def test_a_backbone_given_as_embedder_fails_before_the_run_folder_exists(world: 
     assert not (tmp_path / "run").exists()
 
 
-def test_a_failure_before_the_first_checkpoint_removes_the_new_run_folder(world: World, tmp_path, monkeypatch):
+def test_a_failure_before_the_first_checkpoint_removes_the_new_run_folder(world: World, tmp_path,
+                                                                         monkeypatch):
     from diffma_cli.train import api
 
     def broken_fit(*args, **kwargs):
