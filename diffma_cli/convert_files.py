@@ -206,18 +206,17 @@ def convert_path(input_path: str | Path, output: str | Path, run_dir, *, device:
     the input are checked before the models load: an existing output without `overwrite` raises OutputError
     (one volume) or is skipped (folder mode: resuming).
     """
-    from diffma_cli.config import load_recipe
     from diffma_cli.convert import check_combination, member_count, sampling_options
     from diffma_cli.train.distributed import resolve_device
-    from diffma_cli.train.run_folder import RECIPE, read_run_info
+    from diffma_cli.train.run_folder import read_run_info, read_run_recipe
 
     run_dirs = [Path(path) for path in ([run_dir] if isinstance(run_dir, (str, Path)) else run_dir)]
     if not run_dirs:
         raise InputError("no --model given")
     recipes = []
     for path in run_dirs:
-        read_run_info(path)  # a clear error for a folder that is not a run, before anything else
-        recipes.append(load_recipe(path / RECIPE))
+        info = read_run_info(path)  # a clear error for a folder that is not a run, before anything else
+        recipes.append(read_run_recipe(path, info))
     directions = sorted({recipe.data.direction for recipe in recipes})
     if len(directions) > 1:
         raise InputError(f"the runs convert different directions ({', '.join(directions)})",

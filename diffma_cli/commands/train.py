@@ -37,11 +37,14 @@ def _resolve_recipe(recipe: str | None, run_dir: Path, resume: bool, typed: dict
     """Recipe file or name (default brain; the run's recipe.yaml when resuming), then typed options,
     then --set overrides (the most specific wins)."""
     from diffma_cli.config import apply_overrides, load_recipe
-    from diffma_cli.train.run_folder import RECIPE
+    from diffma_cli.train.run_folder import RECIPE, read_run_recipe
 
-    if recipe is None:
-        recipe = str(run_dir / RECIPE) if resume and (run_dir / RECIPE).is_file() else "brain"
-    resolved = load_recipe(recipe)
+    own = resume and (run_dir / RECIPE).is_file()
+    if recipe is None or (own and Path(recipe).resolve() == (run_dir / RECIPE).resolve()):
+        # the run's own recipe, with its encoder paths read relative to the run folder
+        resolved = read_run_recipe(run_dir) if own else load_recipe("brain")
+    else:
+        resolved = load_recipe(recipe)
     resolved = apply_overrides(resolved, {key: value for key, value in typed.items() if value is not None})
     return apply_overrides(resolved, sets)
 

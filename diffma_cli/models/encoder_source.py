@@ -41,6 +41,11 @@ def source_kind(source: str) -> str:
     if not hub_like or path.suffix in WEIGHT_SUFFIXES:
         raise InputError("no such encoder folder or weights file", path=source,
                          hint="give an existing path or a hub id such as owner/name")
+    if path.parent.is_dir():  # "diffma-demo/vae" with a folder diffma-demo here: a path, not a hub id
+        raise InputError(f"no such encoder folder or weights file (read as a path because the folder "
+                         f"{path.parent} exists in {Path.cwd()}; a hub id's owner is not a local folder)",
+                         path=source, hint="give the path of the encoder folder as it is from here, or "
+                                           "an absolute path")
     return "hub"
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from diffma_cli import __version__
-from diffma_cli.config import Recipe, TrainingConfig, apply_overrides, save_recipe
+from diffma_cli.config import Recipe, TrainingConfig, apply_overrides
 from diffma_cli.errors import InputError
 from diffma_cli.io.hashing import file_sha256
 from diffma_cli.train import run_folder
@@ -121,12 +121,12 @@ MODEL_SECTIONS = {"diffusion": ("model", "diffusion"),
 def same_model_as_before(kind: str, run_dir: Path, recipe: Recipe) -> None:
     """InputError when a resumed run's recipe describes another model than the run's recipe.yaml (e.g.
     --resume --size B on an S run): the checkpoint's weights keep their size."""
-    from diffma_cli.config import load_recipe, recipe_to_dict
+    from diffma_cli.config import recipe_to_dict
 
     saved_path = run_dir / run_folder.RECIPE
     if not saved_path.is_file():
         return
-    before, now = recipe_to_dict(load_recipe(saved_path)), recipe_to_dict(recipe)
+    before, now = recipe_to_dict(run_folder.read_run_recipe(run_dir)), recipe_to_dict(recipe)
     for key in MODEL_SECTIONS[kind]:
         old, new = before, now
         for part in key.split("."):
@@ -151,7 +151,7 @@ def _start_fit_export(kind, run_dir, recipe, settings, where, task, export, info
             "kind": kind, "diffma_version": __version__, "command": sys.argv, **info(task),
             "world_size": where.world_size, "device": str(where.device)}, resume=resume)
         if resume:  # the resolved recipe now includes this session's overrides (e.g. more steps)
-            save_recipe(recipe, run_dir / run_folder.RECIPE)
+            run_folder.save_run_recipe(recipe, run_dir)
         elif start is not None:
             start(task, run_dir)
     if where.device.type == "cuda":

@@ -9,11 +9,16 @@ A run folder describes itself (docs/training.md lists its files):
     checkpoints/step-N/    resumable training state (see checkpoint.py)
     backbone.safetensors   diffusion runs: the EMA backbone (diffma weights file, config in its metadata)
     embedder.safetensors   embedder runs: the EMA embedder; diffusion runs: a copy of the embedder used
+
+A run folder can be moved or copied: recipe.yaml names local encoder folders and files relative to the run
+folder (hub ids and "tiny" stay as they are), run.json also keeps their absolute paths, and
+`read_run_recipe` resolves them from the run folder, whatever directory a command runs in.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -72,12 +77,18 @@ def write_json(path: Path, values: dict) -> None:
 
 def read_run_info(path: str | Path) -> dict:
     path = Path(path)
+    if not path.exists():
+        raise InputError("no such run folder", path=path, hint="give the folder written by `diffma train`")
+    if not path.is_dir():
+        raise InputError("is a file, not a run folder", path=path,
+                         hint="give the folder written by `diffma train` (it holds this file's weights, "
+                              "recipe.yaml and run.json)")
     try:
         return json.loads((path / RUN_INFO).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError("is not a diffma run folder (no run.json)", path=path,
                          hint="give the folder written by `diffma train`") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"run.json is damaged ({error})", path=path) from None
 
 
@@ -89,10 +100,73 @@ def start_run(path: Path, recipe: Recipe, info: dict, *, resume: bool) -> dict:
         previous["finished"] = False
         write_json(path / RUN_INFO, previous)
         return previous
-    save_recipe(recipe, path / RECIPE)
-    info = {**info, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "finished": False}
+    save_run_recipe(recipe, path)
+    info = {**info, "encoder_paths": local_encoder_paths(recipe),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "finished": False}
     write_json(path / RUN_INFO, info)
     return info
+
+
+ENCODER_KEYS = ("vae", "clip")
+
+
+def _local(source: str) -> Path | None:
+    """The local folder or file an encoder source names (absolute), or None for "tiny", "none" and hub ids."""
+    if source in ("tiny", "none"):
+        return None
+    path = Path(source).expanduser()
+    return path.resolve() if path.exists() else None
+
+
+def local_encoder_paths(recipe: Recipe) -> dict:
+    """{"vae": "/abs/path", ...} for the encoders that are local folders or files."""
+    found = {key: _local(getattr(recipe.encoders, key)) for key in ENCODER_KEYS}
+    return {key: str(path) for key, path in found.items() if path is not None}
+
+
+def save_run_recipe(recipe: Recipe, run_dir: Path) -> None:
+    """Write recipe.yaml with local encoder paths made relative to the run folder ("./x" or "../x"), so
+    that the run reads the same encoders from any working directory and after moving it together with
+    them."""
+    from diffma_cli.config import apply_overrides
+
+    changes = {}
+    for key, path in local_encoder_paths(recipe).items():
+        relative = os.path.relpath(path, Path(run_dir).resolve())
+        changes[f"encoders.{key}"] = relative if relative.startswith(".") else f"./{relative}"
+    save_recipe(apply_overrides(recipe, changes) if changes else recipe, Path(run_dir) / RECIPE)
+
+
+def read_run_recipe(run_dir: str | Path, info: dict | None = None) -> Recipe:
+    """A run's recipe.yaml with its local encoder paths resolved: relative to the run folder first, then
+    the absolute path recorded at the start (run.json `encoder_paths`: a run copied elsewhere on the same
+    machine), then as written (runs from before paths were stored relative to the run folder)."""
+    from diffma_cli.config import apply_overrides
+
+    run_dir = Path(run_dir)
+    recipe = load_recipe(run_dir / RECIPE)
+    recorded = (info if info is not None else _info_or_empty(run_dir)).get("encoder_paths") or {}
+    changes = {}
+    for key in ENCODER_KEYS:
+        source = getattr(recipe.encoders, key)
+        candidates = [run_dir / source] if not Path(source).is_absolute() else []
+        candidates += [Path(recorded[key])] if key in recorded else []
+        found = next((path for path in candidates if path.exists()), None)
+        if found is not None:
+            changes[f"encoders.{key}"] = str(found.resolve())
+        elif key in recorded and not Path(source).expanduser().exists():
+            raise InputError(f"the run's {key.upper()} is not found at {source} (relative to the run folder) "
+                             f"nor at {recorded[key]}", path=run_dir,
+                             hint=f"put the {key.upper()} folder back, or set encoders.{key} in "
+                                  f"{run_dir / RECIPE} to where it is now")
+    return apply_overrides(recipe, changes) if changes else recipe
+
+
+def _info_or_empty(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / RUN_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def finish_run(path: Path, info: dict, **results) -> dict:
@@ -130,10 +204,14 @@ def load_run(path: str | Path) -> LoadedRun:
                          hint="give the folder written by `diffma train`")
     # A killed first run has no backbone yet; a killed resumed run still holds the earlier one, so the
     # `finished` flag (set last, after the weights are written) is what says the weights are final.
+    if info.get("finished") and not (path / BACKBONE).is_file():
+        raise InputError(f"is a finished run whose {BACKBONE} is missing", path=path,
+                         hint="restore the file from where the run was copied from; --resume cannot "
+                              "recreate it")
     if not (path / BACKBONE).is_file() or not info.get("finished"):
         raise InputError("is an unfinished run: its training stopped before the last step", path=path,
                          hint="continue it with `diffma train DATA -o RUN --resume`")
-    recipe = load_recipe(path / RECIPE)
+    recipe = read_run_recipe(path, info)
     backbone, embedder = load_model(path / BACKBONE), load_model(path / EMBEDDER)
     check_parts_fit(path, recipe, backbone.config, embedder.config)
     return LoadedRun(path=path, recipe=recipe, info=info, backbone=backbone, embedder=embedder)
