@@ -246,6 +246,7 @@ def sampling_options(recipe: Recipe, *, sampler: str | None = None, steps: int |
         (1 <= options.steps <= DIFFUSION_STEPS,
          f"--steps must be between 1 and {DIFFUSION_STEPS}, got {options.steps}"),
         (options.samples >= 1, f"--samples must be at least 1, got {options.samples}"),
+        (0 <= options.seed < 2**63, f"--seed must be in [0, 2^63), got {options.seed}"),
         (options.batch_size >= 1, f"--batch-size must be at least 1, got {options.batch_size}"),
         (0.0 < options.noise_correlation <= 1.0,
          f"--noise-correlation must be in (0, 1], got {options.noise_correlation}"),

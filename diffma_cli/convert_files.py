@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffma_cli.cohort import cohort_group, gather, split, this_share, wait_for_all
-from diffma_cli.errors import InputError
+from diffma_cli.errors import InputError, OutputError
 from diffma_cli.io.atomic import check_output
 from diffma_cli.io.volumes import (
     VOLUME_SUFFIXES,
@@ -292,6 +292,9 @@ def _pending(jobs: list[Job], folder_mode: bool, overwrite: bool, result: Conver
         for path in job.outputs:
             # Folder mode: the leftover file of a half-done case is ours to replace.
             check_output(path, overwrite or (folder_mode and path.exists()))
+            if not job.dicom and path.is_dir():
+                raise OutputError("is a folder; the output is a volume file", path=path,
+                                  hint="give a file name such as mr.nii.gz")
         todo.append(job)
     return todo
 

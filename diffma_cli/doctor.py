@@ -233,6 +233,12 @@ def diagnose(recipe: str = "brain", folder: str | Path = ".") -> dict[str, Any]:
     """Everything `diffma doctor` shows, as JSON-able data (see the module docstring)."""
     import torch
 
+    from diffma_cli.errors import InputError
+
+    if not Path(folder).is_dir():
+        raise InputError("no such folder" if not Path(folder).exists() else "is not a folder", path=folder,
+                         hint="--folder names the folder whose free disk space is shown")
+
     from diffma_cli import __version__
 
     gpus = _gpus(torch) if torch.cuda.is_available() else []

@@ -15,9 +15,11 @@ def import_weights(
     model: str | None = typer.Option(None, "--model", help="Model name, e.g. DiffMa-B/2 or embedder/2. "
                                      "Default: recognised from the file's keys and shapes (needed only for "
                                      "ZigMa/ViM/VMamba/EMamba files whose options do not name the model)."),
-    depth: int | None = typer.Option(None, "--depth", help="Number of blocks (default: from the file)."),
-    hidden_size: int | None = typer.Option(None, "--hidden-size", help="Width D (default: from the file)."),
-    patch_size: int | None = typer.Option(None, "--patch-size", help="Patch size p (default: from the "
+    depth: int | None = typer.Option(None, "--depth", min=1,
+                                     help="Number of blocks (default: from the file)."),
+    hidden_size: int | None = typer.Option(None, "--hidden-size", min=1,
+                                           help="Width D (default: from the file)."),
+    patch_size: int | None = typer.Option(None, "--patch-size", min=1, help="Patch size p (default: from the "
                                            "file)."),
     scan: str | None = typer.Option(None, "--scan", help="DiffMa scan mode: released (default for released "
                                     "checkpoints: what they were trained with) or spiral."),

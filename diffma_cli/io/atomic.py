@@ -27,12 +27,13 @@ PARTIAL_PREFIX = ".partial-"
 def check_output(path: str | Path, overwrite: bool) -> Path:
     """Refuse an existing output unless `overwrite`; make sure its folder can be written. Returns the Path."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputError("already exists", path=path, hint="pass --overwrite to replace it")
     parent = path.absolute().parent
     existing = parent
     while not existing.exists():
         existing = existing.parent
+    _check_name_lengths(path, existing)
+    if path.exists() and not overwrite:
+        raise OutputError("already exists", path=path, hint="pass --overwrite to replace it")
     if not existing.is_dir():
         raise OutputError(f"cannot write here: {existing} is a file, not a folder", path=path,
                           hint="choose another output path")
@@ -40,6 +41,18 @@ def check_output(path: str | Path, overwrite: bool) -> Path:
         raise OutputError(f"cannot write here: the folder {existing} is not writable", path=path,
                           hint="choose another output path or fix the folder's permissions")
     return path
+
+
+def _check_name_lengths(path: Path, existing: Path) -> None:
+    """OutputError for a file or folder name longer than the file system allows, before any work."""
+    try:
+        longest = os.pathconf(existing if existing.is_dir() else existing.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    for part in path.absolute().relative_to(existing).parts:
+        if len(os.fsencode(part)) > longest:
+            raise OutputError(f"file name too long ({len(os.fsencode(part))} bytes; the file system allows "
+                              f"{longest})", path=f"{str(path)[:60]}...", hint="use a shorter name")
 
 
 def free_bytes(folder: Path) -> int | None:
@@ -130,6 +143,8 @@ def _remove(path: Path) -> None:
 def atomic_file(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `path`, on error it is removed."""
     path = check_output(path, overwrite)
+    if path.is_dir():
+        raise OutputError("is a folder; the output is a file", path=path, hint="give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = _temporary_sibling(path)
     _remove(temporary)

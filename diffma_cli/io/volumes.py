@@ -34,6 +34,11 @@ def read_volume(path: str | Path, *, dimension: int = 3, check_voxels: bool = Tr
     path = Path(path)
     if not path.exists():
         raise InputError("no such file or folder", path=path)
+    if not path.is_dir() and not path.is_file():  # reading a named pipe would block forever
+        raise InputError("is not a regular file (a named pipe, socket or device)", path=path,
+                         hint="give a volume file or a DICOM series folder")
+    if path.is_file():
+        check_header(path)
     try:
         if path.is_dir():
             series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
@@ -58,9 +63,120 @@ def read_volume(path: str | Path, *, dimension: int = 3, check_voxels: bool = Tr
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; expected 1",
                          path=path)
+    check_geometry(image.GetSize(), image.GetSpacing(), path)
     if check_voxels:
         _check_voxels(image, path)
     return image
+
+
+# Plausibility limits of a volume's header, checked before its voxels are read: a human body fits in 3 m
+# along every axis, and no scanner makes voxels larger than 100 mm.
+MAX_EXTENT_MM = 3000.0
+MAX_SPACING_MM = 100.0
+
+
+def check_header(path: Path) -> None:
+    """InputError for a volume file whose header is implausible (voxel size zero, negative, NaN or huge;
+    an extent beyond a body) and EnvironmentProblem when its voxels would not fit in memory; read from the
+    header only, before any voxel memory is allocated."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    raw = nifti_header(path) if path.name.lower().endswith((".nii", ".nii.gz")) else None
+    if raw is not None:
+        problem = raw.get("problem")
+        if problem:
+            raise InputError(problem, path=path,
+                             hint="fix the header (pixdim, sform) or export the volume again")
+    try:
+        with quiet_itk():
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+    except RuntimeError:
+        return  # unreadable: read_volume's own message says so
+    size = reader.GetSize()
+    check_geometry(size, reader.GetSpacing(), path)
+    # the voxels as read (up to 8 bytes), a float32 working copy and a float32 result, per component
+    needed = float(np.prod(size, dtype=np.float64)) * reader.GetNumberOfComponents() * 16
+    available = available_memory()
+    if available is not None and needed > available:
+        from diffma_cli.errors import EnvironmentProblem
+
+        raise EnvironmentProblem(f"its header asks for {' x '.join(map(str, size))} voxels, about "
+                                 f"{needed / 2**30:.1f} GiB to work on; {available / 2**30:.1f} GiB of "
+                                 "memory is available", path=path,
+                                 hint="check the file (a damaged header?) or use a machine with more memory")
+
+
+def check_geometry(size, spacing, path: Path) -> None:
+    """InputError for a voxel size that is not a finite positive number or is implausibly large, or an
+    extent (size x spacing) beyond a human body."""
+    import math
+
+    for axis, (count, step) in enumerate(zip(size, spacing, strict=True)):
+        name = "xyzt"[axis] if axis < 4 else str(axis)
+        if not (math.isfinite(step) and step > 0):
+            raise InputError(f"has a voxel size of {step} mm along {name}; it must be a positive number",
+                             path=path, hint="fix the header's voxel size or export the volume again")
+        if step > MAX_SPACING_MM or count * step > MAX_EXTENT_MM:
+            raise InputError(f"is implausible for a scan: {count} voxels of {step:g} mm along {name} "
+                             f"({count * step / 1000:g} m)", path=path,
+                             hint="check the header's voxel size and dimensions")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def nifti_header(path: Path) -> dict | None:
+    """The voxel sizes of a NIfTI file's header, with a "problem" entry when they cannot be a voxel size
+    (ITK silently reads a zero or NaN pixdim as 1 mm); None for files that are not NIfTI-1/-2."""
+    import gzip
+
+    import numpy as np
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as stream:
+            header = stream.read(540)
+    except (OSError, EOFError, zlib.error):
+        return None
+    if len(header) < 348:
+        return None
+    for order in ("<", ">"):
+        size = int(np.frombuffer(header[:4], f"{order}i4")[0])
+        if size == 348:  # NIfTI-1: dim int16[8] @40, pixdim f4[8] @76, sform_code int16 @254, srow f4 @280
+            ndim = int(np.frombuffer(header[40:42], f"{order}i2")[0])
+            pixdim = np.frombuffer(header[76:108], f"{order}f4").astype(np.float64)
+            sform_code = int(np.frombuffer(header[254:256], f"{order}i2")[0])
+            srow = np.frombuffer(header[280:328], f"{order}f4").astype(np.float64).reshape(3, 4)
+            break
+        if size == 540 and len(header) >= 540:  # NIfTI-2: dim int64[8] @16, pixdim f8[8] @104
+            ndim = int(np.frombuffer(header[16:24], f"{order}i8")[0])
+            pixdim = np.frombuffer(header[104:168], f"{order}f8")
+            sform_code, srow = 0, None
+            break
+    else:
+        return None
+    spatial = pixdim[1:1 + max(1, min(ndim, 3))]
+    result: dict = {"pixdim": spatial.tolist()}
+    if not np.all(np.isfinite(spatial)) or np.any(spatial <= 0):
+        result["problem"] = f"has an invalid voxel size in its header (pixdim {spatial.tolist()} mm)"
+    elif sform_code > 0 and srow is not None:
+        columns = np.linalg.norm(srow[:, :3], axis=0)[: len(spatial)]
+        if not np.all(np.isfinite(srow)) or np.any(columns == 0):
+            result["problem"] = (f"has an invalid voxel size in its sform (column lengths {columns.tolist()} "
+                                 "mm)")
+    return result
 
 
 def _check_voxels(image, path: Path) -> None:
