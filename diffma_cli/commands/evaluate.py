@@ -26,6 +26,9 @@ def evaluate(
                                        help="metrics.json to write (a .csv beside it)."),
     report: Path | None = typer.Option(None, "--report", help="Folder for PNG montages and index.html."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    allow_off_scale: bool = typer.Option(False, "--allow-off-scale", help="Score a prediction whose values "
+                                         "inside the mask mostly lie off the modality's scale (a raw MR, a "
+                                         "CT scored as MR) with a warning instead of refusing it."),
 ) -> None:
     """Score predictions: SynthRAD2023 metrics, the paper's slice metrics and slice-to-slice consistency.
 
@@ -56,7 +59,7 @@ def evaluate(
                              f"DATA_SRC (<case>/mask.nii.gz, <case>/{INPUT_MODALITY[modality]}.nii.gz)")
         pairs = pair_folder(prediction, data_src, modality)
     results = evaluate_cases(pairs, modality=modality, protocol=protocol, output=output, report=report,
-                             overwrite=overwrite)
+                             overwrite=overwrite, allow_off_scale=allow_off_scale)
     for key, stats in results["summary"].items():
         if key == "paper_pooled":
             shown = ", ".join(f"{name} {value:.4g}" for name, value in stats.items())

@@ -12,6 +12,7 @@ consistency measures `sagittal_ssim`, `sagittal_psnr`, `coronal_ssim`, `coronal_
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from diffma_cli.evaluation.consistency import consistency_metrics
 from diffma_cli.evaluation.metrics import masked_pearson, paper_metrics, synthrad_metrics
 from diffma_cli.evaluation.pairing import CasePaths, check_pairs, load_case_volumes
 from diffma_cli.evaluation.results import check_result_outputs, summarise, write_results
-from diffma_cli.evaluation.scales import metric_range
+from diffma_cli.evaluation.scales import metric_range, off_scale_problem
 
 PROTOCOLS = ("synthrad", "paper", "both")
 
@@ -50,9 +51,22 @@ def evaluate_arrays(prediction: np.ndarray, reference: np.ndarray, mask: np.ndar
 
 
 def evaluate_case(paths: CasePaths, *, modality: str = "mr", protocol: str = "both",
-                  report_folder: Path | None = None) -> dict:
-    """Read, check and score one case; with `report_folder`, also write its montages there."""
+                  report_folder: Path | None = None, allow_off_scale: bool = False) -> dict:
+    """Read, check and score one case; with `report_folder`, also write its montages there.
+
+    A prediction that is mostly off the modality's scale inside the mask (`scales.off_scale_problem`) is an
+    InputError, or with `allow_off_scale` a warning on stderr and scored anyway.
+    """
     volumes = load_case_volumes(paths, modality)
+    problem = off_scale_problem(volumes.prediction, volumes.mask, modality)
+    if problem is not None:
+        hint = ("`diffma convert` writes MR on [-1, 1] and CT in HU; check --modality and that this is a "
+                "prediction, or pass --allow-off-scale to score it anyway")
+        if not allow_off_scale:
+            raise InputError(problem, path=paths.prediction, hint=hint)
+        from tqdm import tqdm
+
+        tqdm.write(f"warning: {paths.prediction}: {problem}", file=sys.stderr)
     record = {"case": paths.case, "prediction": str(paths.prediction), "reference": str(paths.reference),
               "mask": str(paths.mask)}
     record.update(evaluate_arrays(volumes.prediction, volumes.reference, volumes.mask, modality=modality,
@@ -66,7 +80,7 @@ def evaluate_case(paths: CasePaths, *, modality: str = "mr", protocol: str = "bo
 
 def evaluate_cases(pairs: Sequence[CasePaths], *, modality: str = "mr", protocol: str = "both",
                    output: str | Path | None = None, report: str | Path | None = None,
-                   overwrite: bool = False, progress: bool = True) -> dict:
+                   overwrite: bool = False, progress: bool = True, allow_off_scale: bool = False) -> dict:
     """Score every case and summarise: the content of metrics.json.
 
     First, before any long work: existing outputs are refused unless `overwrite`, and every case is checked
@@ -91,8 +105,8 @@ def evaluate_cases(pairs: Sequence[CasePaths], *, modality: str = "mr", protocol
     def run(report_folder: Path | None) -> dict:
         # A context manager, so that an error mid-way ends the bar's line before the message.
         with tqdm(pairs, desc="eval", unit="case", disable=not progress) as bar:
-            records = [evaluate_case(pair, modality=modality, protocol=protocol, report_folder=report_folder)
-                       for pair in bar]
+            records = [evaluate_case(pair, modality=modality, protocol=protocol, report_folder=report_folder,
+                                     allow_off_scale=allow_off_scale) for pair in bar]
         results = {**header, "cases": records, "summary": summarise(records)}
         if report_folder is not None:
             from diffma_cli.evaluation.report import write_index

@@ -78,3 +78,27 @@ def to_uint8(image: np.ndarray, scale: IntensityRange) -> np.ndarray:
     unit = (np.clip(image.astype(np.float32), scale.low, scale.high) - np.float32(scale.low)) / np.float32(
         scale.data_range)
     return np.clip(unit * np.float32(255) + np.float32(0.5), 0, 255).astype(np.uint8)
+
+
+# More than this share of the voxels inside the mask off the metric scale: not a prediction on that scale.
+OFF_SCALE_LIMIT = 0.5
+
+
+def off_scale_problem(prediction: np.ndarray, mask: np.ndarray, modality: str) -> str | None:
+    """Why `prediction` does not look like a volume on `metric_range(modality)` inside `mask` (None if it
+    does): most voxels beyond the range (with 5 % of its width to spare: a raw MR in scanner units, a CT
+    scored as MR), or, for CT, every voxel within [-1.5, 1.5] (a normalised volume scored as HU)."""
+    scale = metric_range(modality)
+    inside = prediction[mask > 0]
+    if inside.size == 0:
+        return None
+    spare = 0.05 * scale.data_range
+    off = float(np.mean((inside < scale.low - spare) | (inside > scale.high + spare)))
+    low, high = float(inside.min()), float(inside.max())
+    if off > OFF_SCALE_LIMIT:
+        return (f"{off:.0%} of its voxels inside the mask lie outside the {modality.upper()} scale "
+                f"[{scale.low:g}, {scale.high:g}] (they range from {low:.4g} to {high:.4g})")
+    if modality == "ct" and -1.5 <= low and high <= 1.5:
+        return (f"its voxels inside the mask range from {low:.4g} to {high:.4g}, the normalised scale, not "
+                "Hounsfield units")
+    return None

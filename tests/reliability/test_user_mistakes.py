@@ -89,8 +89,8 @@ def test_options_and_paths_out_of_range(world: World, tmp_path):
     assert result.exit_code in (2, 3)
     one_line(result, result.exit_code, "name too long")
     (tmp_path / "metrics.json").mkdir()
-    one_line(run("eval", world.mr, "--target", world.mr, "--mask", world.mask, "-o", tmp_path / "metrics.json",
-                 "--overwrite"), 3, "metrics.json", "is a folder")
+    one_line(run("eval", world.mr, "--target", world.mr, "--mask", world.mask, "-o",
+                 tmp_path / "metrics.json", "--overwrite"), 3, "metrics.json", "is a folder")
     for option in (["--patch-size", 0], ["--hidden-size", -4], ["--depth", 0]):
         one_line(run("import-weights", RELEASED_EMBEDDER, "-o", tmp_path / "e.safetensors", *option), 2,
                  option[0])
