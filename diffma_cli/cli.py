@@ -78,24 +78,70 @@ def _main_options(
     _state["debug"] = debug
 
 
+class Terminated(BaseException):
+    """SIGTERM (what schedulers and `kill` send) turned into an exception, so that it unwinds like Ctrl-C:
+    temporaries removed, one line, exit code 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+# What to say after an interruption, by command: how to continue where it stopped.
+RESUME_HINTS = {
+    "train": "run the same command with --resume to continue from the last checkpoint",
+    "train_embedder": "run the same command with --resume to continue from the last checkpoint",
+    "train_vae": "run the same command with --resume to continue from the last checkpoint",
+    "convert": "run the same command again: a folder run skips the cases already finished",
+}
+
+
+def _close_progress_bars() -> None:
+    """End every open tqdm bar's line, so that a message is not glued to the end of a bar."""
+    tqdm_module = sys.modules.get("tqdm.std")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", [])):
+        try:
+            bar.close()
+        except Exception:  # a bar half torn down by the error itself: nothing more to show
+            pass
+
+
 def friendly_errors(command: Callable) -> Callable:
     """Turn a command's known errors into one line and an exit code (a traceback only with --debug)."""
 
+    def stopped(message: str, code: int):
+        hint = RESUME_HINTS.get(command.__name__)
+        typer.echo(f"diffma: {message}" + (f" ({hint})" if hint else ""), err=True)
+        return typer.Exit(code)
+
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        import signal
+        import threading
+
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
         except DiffmaError as error:
+            _close_progress_bars()
             if _state["debug"]:
                 traceback.print_exc()
             typer.echo(f"diffma: error: {error}", err=True)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
-            typer.echo("diffma: interrupted", err=True)
-            raise typer.Exit(130) from None
+            _close_progress_bars()
+            raise stopped("interrupted", 130) from None
+        except Terminated:
+            _close_progress_bars()
+            raise stopped("terminated (SIGTERM)", 143) from None
         except Exception as error:  # a bug, not a user error: say so and how to see more
+            _close_progress_bars()
             if _state["debug"]:
                 traceback.print_exc()
             known = from_os_error(error)  # what the system refused: a full disk, a bad path, memory
@@ -105,6 +151,9 @@ def friendly_errors(command: Callable) -> Callable:
             typer.echo(f"diffma: internal error: {type(error).__name__}: {error} "
                        "(run again with --debug for the traceback and report it)", err=True)
             raise typer.Exit(1) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

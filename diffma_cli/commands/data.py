@@ -109,5 +109,11 @@ def prepare(
     for skipped in manifest["skipped"]:
         typer.echo(f"diffma: warning: skipped case {skipped['case']}: {skipped['problem']}", err=True)
     splits, counts = manifest["splits"], manifest["slice_counts"]
+    for name in ("val", "test"):
+        if not splits.get(name):
+            use = "validation" if name == "val" else "testing"
+            typer.echo(f"diffma: warning: the {name} split is empty ({len(manifest['cases'])} case(s) in "
+                       f"all); {use} needs cases of its own (prepare more cases or pass --split-file)",
+                       err=True)
     parts = ", ".join(f"{name} {len(ids)} ({counts[name]} slices)" for name, ids in splits.items())
     typer.echo(f"prepared {len(manifest['cases'])} {manifest['anatomy']} case(s) to {out}: {parts}")

@@ -126,20 +126,17 @@ def _choose_cases(src, options: PrepareOptions):
 
 
 def _run_cases(cases, out: Path, options: PrepareOptions, progress: bool) -> list[dict]:
-    """prepare_case over all cases (in worker processes if asked); stops at the first bad case unless
-    skip_bad."""
+    """prepare_case over all cases (in worker processes if asked); bad cases come back as {"id", "problem"}
+    records (the caller reports them all)."""
     from tqdm import tqdm
 
     results = []
     # disable=None: a bar only on a terminal, so logs and captured stderr hold just messages.
     bar = tqdm(total=len(cases), desc="prepare", unit="case", disable=None if progress else True)
 
-    def collect(result):
+    def collect(result):  # a bad case does not stop the others: every problem is reported at once
         results.append(result)
         bar.update()
-        if "problem" in result and not options.skip_bad:
-            raise InputError(_bad_cases_line({result["id"]: result["problem"]}),
-                             hint="fix or remove it, or pass --skip-bad to leave bad cases out")
 
     try:
         if options.workers <= 1:
@@ -189,6 +186,9 @@ def prepare(src: str | Path, out: str | Path, options: PrepareOptions | None = N
     with atomic_dir(out, overwrite=overwrite) as temporary:
         results = _run_cases(todo, temporary, options, progress)
         problems.update({r["id"]: r["problem"] for r in results if "problem" in r})
+        if problems and not options.skip_bad:
+            raise InputError(_bad_cases_line(dict(sorted(problems.items()))),
+                             hint="fix or remove them, or pass --skip-bad to leave bad cases out")
         records = {r["id"]: r for r in results if "problem" not in r}
         if not records:
             raise InputError("no usable case left after leaving out the bad ones", path=src,

@@ -131,10 +131,15 @@ def find_cases(src: str | Path, anatomy: str | None = None) -> list[Case]:
         raise InputError("holds no case folder with ct/mr/mask volumes", path=src,
                          hint="expected <anatomy>/<id>/{ct,mr,mask}.nii.gz or .mha, "
                          "e.g. brain/1BA001/ct.nii.gz")
-    duplicates = sorted({case.id for case in cases if [c.id for c in cases].count(case.id) > 1})
+    # Ids are compared without letter case: 1BA001 and 1ba001 are one patient (and one folder on
+    # case-insensitive file systems), who must not land in two splits.
+    folded = [case.id.lower() for case in cases]
+    duplicates = sorted({case.id for case in cases if folded.count(case.id.lower()) > 1})
     if duplicates:
-        raise InputError(f"case id {duplicates[0]} appears in more than one folder", path=src,
-                         hint="case ids must be unique; give one anatomy folder")
+        same = [case.id for case in cases if case.id.lower() == duplicates[0].lower()]
+        names = " and ".join(sorted(set(same))) if len(set(same)) > 1 else duplicates[0]
+        raise InputError(f"case id {names} appears in more than one folder (ids are compared without "
+                         "letter case)", path=src, hint="case ids must be unique; give one anatomy folder")
     return sorted(cases, key=lambda case: (case.anatomy, case.id))
 
 

@@ -66,7 +66,7 @@ def evaluate_case(paths: CasePaths, *, modality: str = "mr", protocol: str = "bo
             raise InputError(problem, path=paths.prediction, hint=hint)
         from tqdm import tqdm
 
-        tqdm.write(f"warning: {paths.prediction}: {problem}", file=sys.stderr)
+        tqdm.write(f"diffma: warning: {paths.prediction}: {problem}", file=sys.stderr)
     record = {"case": paths.case, "prediction": str(paths.prediction), "reference": str(paths.reference),
               "mask": str(paths.mask)}
     record.update(evaluate_arrays(volumes.prediction, volumes.reference, volumes.mask, modality=modality,

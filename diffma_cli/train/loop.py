@@ -206,8 +206,9 @@ def fit(task: Task, settings: TrainingConfig, run_dir: str | Path, where: Proces
                         "images_per_s": round(speed, 3), "time": time.time()})
                 bar.set_postfix(loss=f"{mean_loss:.4g}", img_s=f"{speed:.1f}")
                 if where.is_main and len(finite) < len(window_losses):
-                    bar.write(f"warning: {len(window_losses) - len(finite)} of the last {len(window_losses)} "
-                              "steps had a non-finite loss and were skipped", file=sys.stderr)
+                    bar.write(f"diffma: warning: {len(window_losses) - len(finite)} of the last "
+                              f"{len(window_losses)} steps had a non-finite loss and were skipped",
+                              file=sys.stderr)
                 window_losses, window_start = [], now
             bar.update(1)
 
