@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 
 import typer
@@ -124,9 +125,17 @@ def friendly_errors(command: Callable) -> Callable:
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        # Library warnings (the hub's UserWarnings, ...) are held back while the command runs: shown as
+        # usual when it succeeds, dropped when it fails, so that the error is the one line a user reads.
+        held = warnings.catch_warnings(record=True)
+        caught = held.__enter__()
+        failed = True
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
+            failed = False
+            return result
         except (typer.Exit, typer.Abort):
+            failed = False
             raise
         except DiffmaError as error:
             _close_progress_bars()
@@ -154,6 +163,11 @@ def friendly_errors(command: Callable) -> Callable:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            held.__exit__(None, None, None)
+            if not failed:
+                for warning in caught:
+                    warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                           warning.lineno, source=warning.source)
 
     return wrapper
 

@@ -350,6 +350,11 @@ def _write(image, job: Job, path: Path, overwrite: bool, direction: str, provena
 
 def _read(job: Job):
     """(image, body mask image or None) of a job."""
+    import SimpleITK as sitk
+
     image = read_volume(job.input)
     mask = read_volume(job.body_mask) if job.body_mask is not None else None
+    if mask is not None and not (sitk.GetArrayViewFromImage(mask) > 0).any():
+        raise InputError("the body mask is empty (no voxel > 0)", path=job.body_mask,
+                         hint="give the body mask of this volume, or leave it out to find the body")
     return image, mask

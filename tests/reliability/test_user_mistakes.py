@@ -96,3 +96,34 @@ def test_options_and_paths_out_of_range(world: World, tmp_path):
                  option[0])
     one_line(run("doctor", "--folder", tmp_path / "absent"), 2, "absent", "no such folder")
     assert not (tmp_path / "mr.nii.gz").exists() and not (tmp_path / "e.safetensors").exists()
+
+
+def test_an_empty_body_mask_is_named(world: World, tmp_path):
+    empty = world.volumes["empty mask"]
+    one_line(convert(world, world.ct, tmp_path / "mr.nii.gz", "--body-mask", empty), 2, empty.name,
+             "the body mask is empty")
+
+
+def test_library_warnings_are_dropped_when_a_command_fails_and_kept_when_it_succeeds(capsys):
+    import warnings
+
+    import typer
+
+    from diffma_cli.cli import friendly_errors
+    from diffma_cli.errors import InputError
+
+    def failing():
+        warnings.warn("a hub warning that would come before the error", UserWarning, stacklevel=1)
+        raise InputError("the real problem", path="x.nii.gz")
+
+    def succeeding():
+        warnings.warn("a warning worth seeing", UserWarning, stacklevel=1)
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with pytest.raises(typer.Exit):
+            friendly_errors(failing)()
+        assert not shown
+        assert capsys.readouterr().err == "diffma: error: x.nii.gz: the real problem\n"
+        friendly_errors(succeeding)()
+        assert [str(warning.message) for warning in shown] == ["a warning worth seeing"]
