@@ -96,7 +96,7 @@ def check_header(path: Path) -> None:
     except RuntimeError:
         return  # unreadable: read_volume's own message says so
     size = reader.GetSize()
-    check_geometry(size, reader.GetSpacing(), path)
+    check_geometry(size[:3], reader.GetSpacing()[:3], path)  # a time axis is read_volume's to refuse
     # the voxels as read (up to 8 bytes), a float32 working copy and a float32 result, per component
     needed = float(np.prod(size, dtype=np.float64)) * reader.GetNumberOfComponents() * 16
     available = available_memory()
