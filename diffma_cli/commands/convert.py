@@ -67,7 +67,9 @@ def convert(
 
     Ensemble:     diffma convert ct.nii.gz -o mri.nii.gz --model runs/a --model runs/b --tta flip
 
-    A folder run can be interrupted and run again: finished cases are skipped.
+    A folder run can be interrupted and run again: finished cases are skipped (an output that does not read
+    back as a complete volume is converted again). Every volume is read back before it gets its name, and
+    an output never replaces an input, --overwrite or not.
 
     Cohort on K GPUs (one process each; one summary, convert-summary.json):
 

@@ -68,7 +68,8 @@ def train_vae(
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs over the CT and MR slices."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Global batch size (images)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT from its last checkpoint "
+                                "(the model cannot change)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in OUT and start again."),
 ) -> None:
     """Train a small VAE (diffusers AutoencoderKL, 8x downsampling, 4 latent channels) on CT and MR slices.
@@ -110,7 +111,8 @@ def train_embedder(
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Global batch size (slices); "
                                           "InfoNCE contrasts each slice with the others of the batch."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT from its last checkpoint "
+                                "(the model cannot change)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in OUT and start again."),
 ) -> None:
     """Pre-train the CT Vision Embedder with InfoNCE (tau 0.07) on VAE latents of the CT slices.
@@ -179,7 +181,8 @@ def train(
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Global batch size (slices "
                                           "per optimiser step over all GPUs and accumulation steps)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT from its last checkpoint "
+                                "(the model cannot change)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in OUT and start again."),
 ) -> None:
     """Train the DiffMa diffusion backbone (or a baseline) to turn CT into MR latents.
