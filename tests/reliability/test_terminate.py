@@ -19,7 +19,7 @@ def test_sigterm_during_training_says_how_to_resume(world: World, tmp_path):
         time.sleep(0.005)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 143, log.read_text()
-    last = log.read_text().rstrip("\n").split("\n")[-1]  # "\n" only: a bar glued to the line shows as "\r"
+    last = log.read_text(encoding="utf-8").rstrip("\n").split("\n")[-1]  # "\n" only: a glued bar shows "\r"
     assert last == ("diffma: terminated (SIGTERM) (run the same command with --resume to continue from the "
                     "last checkpoint)"), repr(last)
     assert not partials(tmp_path) and json.loads((out / "run.json").read_text())["finished"] is False
