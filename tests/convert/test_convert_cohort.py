@@ -56,7 +56,8 @@ def test_two_processes_share_a_folder_skip_finished_cases_and_write_one_summary(
         write(np.roll(ct_array(), index, axis=2), cases / f"{name}.nii.gz")
     out = tmp_path / "pred"
     out.mkdir()
-    (out / "d.nii.gz").write_bytes(b"finished before")  # a finished case: skipped, not touched
+    # A finished case (a complete volume; one that does not read back is converted again): skipped, untouched.
+    finished = write(np.zeros((4, 5, 6), np.float32), out / "d.nii.gz").read_bytes()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "diffma_cli", "convert", str(cases), "-o", str(out), "--model", str(run_dir),
                "--device", "cpu"]
@@ -68,7 +69,7 @@ def test_two_processes_share_a_folder_skip_finished_cases_and_write_one_summary(
     assert summary["processes"] == 2 and summary["skipped"] == ["d"]
     assert sorted(summary["converted"]) == ["a", "b"]
     assert {case["process"] for case in summary["converted"].values()} == {0, 1}
-    assert (out / "d.nii.gz").read_bytes() == b"finished before"
+    assert (out / "d.nii.gz").read_bytes() == finished
 
     # Each process converts its cases exactly as one process would.
     alone = invoke(cases / "b.nii.gz", "-o", tmp_path / "b.nii.gz", "--model", run_dir, "--device", "cpu")

@@ -113,7 +113,7 @@ def test_resume_refuses_another_model_size(world: World, tmp_path):
 
     run_dir = shutil.copytree(world.run, tmp_path / "run")
     result = run("train", world.data, "-o", run_dir, "--resume", "--recipe", run_dir / "recipe.yaml",
-                 "--size", "B", "--device", "cpu")
+                 "--size", "B", "--device", "cpu", "--set", "data.image_size=224")
     assert result.exit_code == 2, result.output
     assert "--resume cannot change the model: the run has model.name=DiffMa-S/2, now DiffMa-B/2" \
         in last_line(result)
