@@ -10,7 +10,7 @@ Timing: CUDA events around each step after warm-up, median of `--repeat` steps; 
 torch.cuda.max_memory_allocated. A training step is forward + MSE loss + backward + AdamW step (lr 1e-4,
 the released optimiser); "forward" is a no-grad forward; "graph" replays that forward captured in a CUDA
 graph (how a sampler can run it). Inputs are drawn at random once per configuration (never zeros). `fp32`
-allows TF32 matrix units (as the released numbers in REFERENCE.md were taken); `bf16` is autocast with
+allows TF32 matrix units (as the released numbers in docs/reference.md §4 were taken); `bf16` is autocast with
 float32 weights.
 """
 

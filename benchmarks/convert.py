@@ -12,7 +12,7 @@ HU), so the time includes normalising, slicing to 224², encoding, sampling, dec
 slicing, but no file I/O. Models have RANDOM weights of the
 real sizes (no download is possible on the GPU machine): the DiffMa backbone and `embedder/2` from our
 registry, an AutoencoderKL with the SD VAE's architecture (block_out_channels 128/256/512/512, 2 layers
-per block, REFERENCE.md section 5) and BiomedCLIP's visual tower (timm ViT-B/16 + 768->512 projection).
+per block, docs/reference.md §7) and BiomedCLIP's visual tower (timm ViT-B/16 + 768->512 projection).
 Random weights cost the same time as trained ones. `--tiny`: tiny VAE/CLIP stand-ins and a one-block
 DiffMa-S/7, for a CPU smoke test of this script.
 
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 STAGES = ("prepare", "vae", "clip", "embedder", "backbone", "finish")
-# The SD VAE (stabilityai/sd-vae-ft-ema) architecture: REFERENCE.md section 5.
+# The SD VAE (stabilityai/sd-vae-ft-ema) architecture: docs/reference.md §7.
 SD_VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
                      up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
                      layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=256)

@@ -118,7 +118,7 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
-    """IDDPM Gaussian diffusion used for training (REFERENCE.md section 1).
+    """IDDPM Gaussian diffusion used for training (docs/reference.md §3.5).
 
     `objective` "diffusion" (default) trains the backbone to denoise; "regression" (ours, a comparison row)
     trains the same backbone to map the CT latent to the MR latent in one pass (input x = 0, t = 0, MSE on

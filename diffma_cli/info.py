@@ -32,7 +32,7 @@ def describe(path: str | Path) -> dict[str, Any]:
 
 
 def parameter_count(shapes: list[Any]) -> int:
-    """Number of values in all tensors (objects with `.shape`, or shapes), as REFERENCE.md counts them."""
+    """Number of values in all tensors (`.shape` objects or shapes), as docs/reference.md §3.6 counts."""
     total = 0
     for shape in shapes:
         count = 1

@@ -36,7 +36,7 @@ def ct_like(shape=(12, 14, 16), seed=0):
 
 
 def official_ssim(gt, pred, mask):
-    """The SynthRAD SSIM written from REFERENCE.md §4 with scikit-image primitives."""
+    """The SynthRAD SSIM written from docs/reference.md §6 with scikit-image primitives."""
     inside = mask > 0
     gt = np.where(inside, np.clip(gt, LOW, HIGH), LOW) + 1024
     pred = np.where(inside, np.clip(pred, LOW, HIGH), LOW) + 1024

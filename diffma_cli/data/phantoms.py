@@ -9,8 +9,8 @@ and fold the cortex. CT and MR are then rendered from the labels with separate t
 - MR: T1-like relative intensity per tissue (fat and fatty marrow bright, cortical bone, air and CSF dark,
   white matter brighter than grey) times a per-case scanner gain and a smooth multiplicative bias field,
   with Rician noise; int16 scanner units. Brain centres B and C get contrast enhancement (vessels, dura,
-  choroid plexus bright), pelvis centre C is T2-weighted (urine bright) -- as in SynthRAD2023 (REFERENCE.md
-  §3).
+  choroid plexus bright), pelvis centre C is T2-weighted (urine bright) -- as in SynthRAD2023
+  (docs/reference.md §5).
 
 The CT->MR mapping is therefore not a function of the CT value: grey and white matter overlap in HU but
 not in MR, muscle, prostate, bowel wall and enhancing vessels share HU but not MR, and contrast depends on
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ANATOMIES = ("brain", "pelvis")
-# SynthRAD2023 Task 1 voxel spacing (x, y, z) in mm (REFERENCE.md §3).
+# SynthRAD2023 Task 1 voxel spacing (x, y, z) in mm (docs/reference.md §5).
 SPACING_MM = {"brain": (1.0, 1.0, 1.0), "pelvis": (1.0, 1.0, 2.5)}
 
 
@@ -71,7 +71,7 @@ TISSUES: dict[str, Tissue] = {
 }
 LABEL = {name: index for index, name in enumerate(TISSUES)}
 BONE = ("cortical_bone", "marrow")
-# T1 with gadolinium: enhancing tissue becomes bright (brain centres B and C, REFERENCE.md §3).
+# T1 with gadolinium: enhancing tissue becomes bright (brain centres B and C, docs/reference.md §5).
 CONTRAST_T1 = {"enhancing": 0.95}
 
 

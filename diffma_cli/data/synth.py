@@ -21,7 +21,7 @@ from pathlib import Path
 
 from diffma_cli.io.atomic import atomic_dir
 
-# SynthRAD2023 Task 1 centres per anatomy (REFERENCE.md §3: brain from A/B/C, pelvis from A and C).
+# SynthRAD2023 Task 1 centres per anatomy (docs/reference.md §5: brain from A/B/C, pelvis from A and C).
 CENTRES = {"brain": ("A", "B", "C"), "pelvis": ("A", "C")}
 # Subfolder of each case with what only a phantom knows (noise-free MR, label map).
 TRUTH = "truth"

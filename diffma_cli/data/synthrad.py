@@ -1,8 +1,8 @@
 """SynthRAD2023-style case discovery and validation.
 
-Layout (docs/data.md, REFERENCE.md §3): `Task1/<anatomy>/<case id>/{ct,mr,mask}.<ext>` with `<ext>` one of
-`.nii.gz`, `.nii` or `.mha` (SynthRAD2025 moved to `.mha`). A case id is the task digit, the anatomy letter
-(B brain, P pelvis), the centre letter and three digits, e.g. `1BA001`; SynthRAD2025's region codes
+Layout (docs/data.md, docs/reference.md §5): `Task1/<anatomy>/<case id>/{ct,mr,mask}.<ext>` with `<ext>`
+one of `.nii.gz`, `.nii` or `.mha` (SynthRAD2025 moved to `.mha`). A case id is the task digit, the anatomy
+letter (B brain, P pelvis), the centre letter and three digits, e.g. `1BA001`; SynthRAD2025's region codes
 (`1HNA001`, `1THA001`, `1ABA001`) are accepted too. `overview/` folders, hidden entries and loose files are
 ignored.
 

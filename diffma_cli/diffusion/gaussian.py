@@ -1,7 +1,7 @@
 """IDDPM Gaussian diffusion as DiffMa trains it: schedule, forward process, posterior and the hybrid loss.
 
-The math follows Improved DDPM (Nichol & Dhariwal 2021) as the released DiffMa code computes it (REFERENCE.md
-§1 "Diffusion and training"): 1000 steps, linear betas 1e-4 … 0.02 in float64, epsilon prediction with a
+The math follows Improved DDPM (Nichol & Dhariwal 2021) as the released DiffMa code computes it
+(docs/reference.md §3.5): 1000 steps, linear betas 1e-4 … 0.02 in float64, epsilon prediction with a
 learned variance range, loss = MSE(eps) + variational-bound term with the predicted mean detached. Tables are
 kept in float64 and gathered in the input's dtype, as the released `_extract_into_tensor` does.
 

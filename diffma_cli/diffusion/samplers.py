@@ -2,7 +2,7 @@
 
 Every scheduler gets the exact IDDPM float64 betas DiffMa trains with (`gaussian.released_betas`, passed as
 `trained_betas`), a fresh instance and `set_timesteps` for every run (diffusers schedulers keep state).
-The network output has 2C channels (ε and the learned-range variance value, REFERENCE.md §1):
+The network output has 2C channels (ε and the learned-range variance value, docs/reference.md §3.5):
 
 - `ddpm`: ancestral sampling with the learned variance, as the released `p_sample_loop`
   (`DDPMScheduler(variance_type="learned_range")` splits the 2C output itself). "linspace" timestep spacing

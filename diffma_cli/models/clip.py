@@ -4,8 +4,8 @@ Only the visual tower is built — a timm ViT-B/16 with class-token pooling and 
 bias-free Linear(768 → 512) — in open_clip's `TimmModel` layout, so the `visual.trunk.*` and
 `visual.head.proj.weight` entries of an open_clip checkpoint load one to one. Building the whole open_clip
 model would also fetch BiomedCLIP's PubMedBERT text config from the hub, even with local weights
-(REFERENCE.md §5). Weights come from the hub id, a local open_clip folder or a weights file; `"none"` gives
-zeros (runs without CLIP) and `"tiny"` a small random stand-in for tests and the demo.
+(docs/reference.md §7). Weights come from the hub id, a local open_clip folder or a weights file; `"none"`
+gives zeros (runs without CLIP) and `"tiny"` a small random stand-in for tests and the demo.
 
 Input quirk of the released code, kept as the default (`normalize="released"`): the 3-channel CT slice in
 [-1, 1] goes in as it is, without CLIP's mean/std normalisation. `normalize="clip"` applies it properly

@@ -29,7 +29,7 @@ SD_VAE_HUB_ID = "stabilityai/sd-vae-ft-ema"
 
 # Stable Diffusion v1's latent scale: 1 / (std of its VAE latents on LAION), Rombach et al. 2022. It is the
 # default `scaling_factor` of diffusers' AutoencoderKL config (the sd-vae-ft-* configs predate the key and
-# get it by default) and the constant the released DiffMa code multiplies by (REFERENCE.md §5).
+# get it by default) and the constant the released DiffMa code multiplies by (docs/reference.md §7).
 SD_LATENT_SCALE = 0.18215
 
 # A stand-in with the SD VAE's shape contract (3 image channels, 4 latent channels, 8× downsampling: four

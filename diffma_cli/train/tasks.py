@@ -73,8 +73,8 @@ class EmbedderTask:
 
 
 class DiffusionTask:
-    """The diffusion backbone learns to denoise target latents conditioned on the source (REFERENCE.md
-    section 1): y = CLIP embedding of the source, y2 / w = tokens / soft mask of the frozen embedder, and
+    """The diffusion backbone learns to denoise target latents conditioned on the source (docs/reference.md
+    §3.1): y = CLIP embedding of the source, y2 / w = tokens / soft mask of the frozen embedder, and
     the source latent itself for the `latent` conditions (models/conditioning.py)."""
 
     find_unused_parameters = False

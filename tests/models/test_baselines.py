@@ -12,8 +12,8 @@ from diffma_cli.models import create_model, model_names
 from diffma_cli.models.baselines import BASELINE_FACTORIES
 
 #: Parameter counts of the released code (`model.py`, counted by instantiating its classes on the meta
-#: device, pos_embed included); DiT-B/2 and the *-BL/2 values are also in REFERENCE.md §1. The four Mamba
-#: baselines have identical blocks (one mixer), so identical counts.
+#: device, pos_embed included); DiT-B/2 and the *-BL/2 values are also in docs/reference.md §3.6. The four
+#: Mamba baselines have identical blocks (one mixer), so identical counts.
 _MAMBA_COUNTS = {
     "S/2": 14_649_888, "S/4": 14_648_448, "S/7": 14_834_568,
     "B/2": 27_730_464, "B/4": 27_729_024, "B/7": 27_915_144,
@@ -30,7 +30,7 @@ RELEASED_COUNTS = {
     **{f"{family}-{size}": count for family in ("ZigMa", "ViM", "VMamba", "EMamba")
        for size, count in _MAMBA_COUNTS.items() if not (family == "EMamba" and size.endswith("/4"))},
 }
-#: REFERENCE.md §1 (millions, 3 decimals).
+#: docs/reference.md §3.6 (millions, 3 decimals).
 REFERENCE_MILLIONS = {"DiT-B/2": 51.962, "ZigMa-BL/2": 44.081, "ViM-BL/2": 44.081, "VMamba-BL/2": 44.081}
 
 

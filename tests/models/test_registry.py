@@ -14,7 +14,7 @@ with safe_open(Path(__file__).parents[1] / "data" / "released" / "scan_orders.sa
     #: parameter counts of the released code's models (built by make_diffma_reference.py)
     RELEASED_COUNTS = json.loads(_f.metadata()["param_counts"])
 
-#: REFERENCE.md's table (millions, 3 decimals) for the names it lists
+#: docs/reference.md §3.6 (millions, 3 decimals) for the names it lists
 TABLE_MILLIONS = {"DiffMa-S/7": 23.723, "DiffMa-S/4": 23.537, "DiffMa-S/2": 23.538, "DiffMa-B/7": 45.692,
                   "DiffMa-B/4": 45.506, "DiffMa-B/2": 45.507, "DiffMa-L/2": 89.445, "DiffMa-XL/2": 155.352,
                   "DiffMa-XXL/2": 309.134}
