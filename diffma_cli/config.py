@@ -1,9 +1,10 @@
 """Recipes: every hyper-parameter of a training run, as typed dataclasses that round-trip through YAML.
 
-A recipe is read from a YAML file (`diffma_cli/recipes/{brain,pelvis,demo}.yaml` ship with the package, or
-any path), then command-line overrides `section.key=value` are applied, and the resolved recipe is stored
-in the run folder (`recipe.yaml`) so that a run describes itself. Unknown keys and values of the wrong type
-are `InputError`s that name the key and list the valid ones; nothing is silently ignored.
+A recipe is read from a YAML file (`recipes/{brain,pelvis,demo}.yaml` at the top of the repository, shipped
+with the package, or any path), then command-line overrides `section.key=value` are applied, and the
+resolved recipe is stored in the run folder (`recipe.yaml`) so that a run describes itself.
+Unknown keys and values of the wrong type are `InputError`s that name the key and list the valid ones;
+nothing is silently ignored.
 
 Where each default value comes from is noted in the shipped YAML files (paper section or released config).
 """
@@ -330,12 +331,23 @@ def _read_yaml(text: str, source: str) -> dict:
     return values
 
 
+def builtin_recipe_text(name: str) -> str:
+    """The YAML text of a shipped recipe.
+
+    An installed package carries the recipes as `diffma_cli/recipes/` (setup.py copies them there at build
+    time); a source checkout, editable installs included, reads the repository's top-level `recipes/`.
+    """
+    packaged = resources.files("diffma_cli").joinpath("recipes", f"{name}.yaml")
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parents[1] / "recipes" / f"{name}.yaml").read_text(encoding="utf-8")
+
+
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """Read a built-in recipe by name (`brain`, `pelvis`, `pelvis-512`, `demo`) or a YAML file."""
     name = str(name_or_path)
     if name in BUILTIN_RECIPES:
-        text = resources.files("diffma_cli").joinpath("recipes", f"{name}.yaml").read_text(encoding="utf-8")
-        source = f"recipe {name}"
+        text, source = builtin_recipe_text(name), f"recipe {name}"
     else:
         path = Path(name)
         if not path.is_file():

@@ -1,5 +1,9 @@
 """Recipes: YAML round trip, overrides, and clear errors for unknown keys and wrong types."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -7,6 +11,7 @@ from diffma_cli.config import (
     BUILTIN_RECIPES,
     Recipe,
     apply_overrides,
+    builtin_recipe_text,
     load_recipe,
     recipe_from_dict,
     recipe_to_dict,
@@ -14,6 +19,8 @@ from diffma_cli.config import (
     save_recipe,
 )
 from diffma_cli.errors import InputError
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", BUILTIN_RECIPES)
@@ -35,11 +42,26 @@ def test_builtin_recipes_hold_the_paper_and_released_values():
     assert brain.training.global_batch_size == 8 and pelvis.training.global_batch_size == 1
     # Every key of the dataclasses is written out in the shipped files (nothing silently defaulted).
     for name in ("brain", "pelvis"):
-        from importlib import resources
-
-        text = resources.files("diffma_cli").joinpath("recipes", f"{name}.yaml").read_text()
-        written = yaml.safe_load(text)
+        written = yaml.safe_load(builtin_recipe_text(name))
         assert _keys(written) == _keys(recipe_to_dict(Recipe()))
+
+
+def test_builtin_recipes_are_the_top_level_files():
+    # A source checkout reads recipes/ at the top of the repository.
+    for name in BUILTIN_RECIPES:
+        top_level = REPOSITORY / "recipes" / f"{name}.yaml"
+        assert builtin_recipe_text(name) == top_level.read_text(encoding="utf-8")
+
+
+def test_the_build_ships_the_recipes_inside_the_package(tmp_path):
+    # What `pip install .` puts in the wheel: setup.py's build_py copies recipes/ to diffma_cli/recipes/.
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)],
+                   cwd=REPOSITORY, check=True, capture_output=True)
+    shipped = sorted(p.name for p in (tmp_path / "diffma_cli" / "recipes").glob("*.yaml"))
+    assert shipped == sorted(f"{name}.yaml" for name in BUILTIN_RECIPES)
+    for name in shipped:
+        copy = tmp_path / "diffma_cli" / "recipes" / name
+        assert copy.read_bytes() == (REPOSITORY / "recipes" / name).read_bytes()
 
 
 def _keys(tree, prefix=""):
