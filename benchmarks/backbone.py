@@ -1,8 +1,8 @@
 """Backbone throughput on one GPU: training steps and forward passes, ours and (optionally) the released code.
 
-Usage (on the GPU machine, after `source benchmarks/device_env.sh`):
+Usage (on a GPU machine; benchmarks/gpu/README.md sets up one without a package registry):
 
-    python3 benchmarks/backbone.py                          # the issue-7 grid, prints one table
+    python3 benchmarks/backbone.py                          # the default grid, prints one table
     python3 benchmarks/backbone.py --models DiffMa-B/2 --batches 32 --modes train --dtypes bf16
     python3 benchmarks/backbone.py --released PATH   # the authors' code beside ours
 

@@ -1,5 +1,5 @@
-"""Slice-consistency options of `diffma convert` compared on SynthRAD-shaped test cases (issue 10), and the
-fast ODE sampler against the released 250-step ancestral sampler (issue 5).
+"""Slice-consistency options of `diffma convert` compared on SynthRAD-shaped test cases, and the fast
+ODE sampler against the released 250-step ancestral sampler.
 
 Usage (a trained run and a SynthRAD tree, e.g. from `diffma synth` + `diffma prepare` + training):
 

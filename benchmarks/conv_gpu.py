@@ -5,7 +5,7 @@ Usage (on the GPU machine):
     python3 benchmarks/conv_gpu.py                      # DiffMa-B/2's shapes, bf16, prints one table
     python3 benchmarks/conv_gpu.py --json conv.json
 
-Issue 7 asks for causal-conv1d's fused kernel "where it pays". The profile in docs/benchmarks.md puts the
+Does causal-conv1d's fused kernel pay where the mixer calls it? The profile in docs/benchmarks.md puts the
 convolution at about 14 ms of a 115 ms DiffMa-B/2 training step; this script measures, per call, at the
 shapes the mixer calls it with (3 scan orders stacked on the batch: 96 = batch 32, 192 = batch 64,
 24 x 1024 tokens = batch 8 at 512²; Di = 1024, kernel 4):
@@ -21,7 +21,7 @@ shapes the mixer calls it with (3 scan orders stacked on the batch: 96 = batch 3
 Inputs: x in bf16 (the in_proj output's dtype under autocast), weight and bias in float32 (the module's).
 By default x has the mixer's layout, the first half of a (batch, 2·Di, L) tensor along the channels (its
 `xz.chunk(2, dim=1)`): unit stride along L but not contiguous, which costs PyTorch's convolution more than
-causal-conv1d's kernel; `--layout contiguous` gives a contiguous x (the first session's table).
+causal-conv1d's kernel; `--layout contiguous` gives a contiguous x (an earlier table of docs/benchmarks.md).
 "fwd" is a no-grad call, "fwd+bwd" a call plus the gradients of a random cotangent into x, weight and bias.
 CUDA events around each call after warm-up, median of --repeat (benchmarks/backbone.py's loop). Errors:
 max |out - ref| / max |ref| against float64 on the same (bf16-rounded) inputs, and the worst of the three

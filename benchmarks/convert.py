@@ -1,6 +1,6 @@
 """`diffma convert` speed: seconds per 200-slice volume end to end (disk excluded), split by stage.
 
-Usage (on the GPU machine, after `source benchmarks/device_env.sh`):
+Usage (on a GPU machine; benchmarks/gpu/README.md sets up one without a package registry):
 
     python3 benchmarks/convert.py                                  # DiffMa-B/2, 20 and 50 steps, bf16
     python3 benchmarks/convert.py --steps 20 --batch-sizes 16,32,64 --noise shared

@@ -1,6 +1,6 @@
 """How closely the CUDA fast path agrees with our PyTorch path, for a whole DiffMa-B/2 on the GPU.
 
-Usage (GPU machine, after `source benchmarks/device_env.sh`):  python3 benchmarks/gpu_agreement.py
+Usage (GPU machine, see benchmarks/gpu/README.md):  python3 benchmarks/gpu_agreement.py
 
 For float32 and for bf16 autocast it runs one forward and backward of DiffMa-B/2 (batch 4, random inputs and
 weights, every adaLN/final layer re-initialised at random so that the output depends on every block) once

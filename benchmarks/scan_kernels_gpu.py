@@ -1,6 +1,6 @@
 """Selective-scan kernels on one GPU: our Triton kernel against mamba-ssm's and our PyTorch scan.
 
-Usage (on the GPU machine, after `source benchmarks/device_env.sh`):
+Usage (on a GPU machine; benchmarks/gpu/README.md sets up one without a package registry):
 
     python3 benchmarks/scan_kernels_gpu.py                   # the DiffMa-B/2 shapes, prints one table
     python3 benchmarks/scan_kernels_gpu.py --shapes 96x1024x196x16 --dtypes bf16 --json scan.json

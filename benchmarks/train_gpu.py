@@ -4,7 +4,7 @@ Offline on purpose (the GPU machine has no hub access): the VAE is the `tiny` st
 ViT stand-in (512-d output like BiomedCLIP), so the numbers measure the backbone + embedder + loss + loop,
 with the encoders' work done once in the latent cache as in every diffma training.
 
-    source benchmarks/device_env.sh
+    source benchmarks/gpu/device_env.sh
     python benchmarks/train_gpu.py data WORK                       # synth + prepare + train-embedder
     python benchmarks/train_gpu.py train WORK --steps 60 --batch-size 32 --name b2-1gpu
     torchrun --standalone --nproc-per-node 2 benchmarks/train_gpu.py train WORK --steps 60 \

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/quality.md, docs/consistency.md and the training numbers of docs/benchmarks.md:
 # synthetic brain data -> VAE -> embedder -> DiffMa-B/2 -> convert + eval + consistency options.
-# Run from the repository root on the GPU machine after `source benchmarks/device_env.sh`:
-#   bash benchmarks/gpu_session.sh data|speed|train|evaluate [WORK]      (WORK defaults to /tmp/diffma-gpu)
+# Run from the repository root on the GPU machine after `source benchmarks/gpu/device_env.sh`:
+#   bash benchmarks/gpu/gpu_session.sh data|speed|train|evaluate [WORK]      (WORK defaults to /tmp/diffma-gpu)
 # Everything is seeded; `data` takes about 3 minutes on one H100 with 16 CPU cores.
 set -euo pipefail
 stage=$1
@@ -20,7 +20,7 @@ case "$stage" in
     diffma train-embedder "$work/data" -o "$work/embedder" --recipe brain "${encoders[@]}" \
       --set encoders.vae="$work/vae" --steps 600 --batch-size 32 --overwrite
     ;;
-  speed)  # end-to-end `diffma train` throughput (issue 4): images/s and peak memory land in run.json
+  speed)  # end-to-end `diffma train` throughput: images/s and peak memory land in run.json
     diffma train "$work/data" -o "$work/runs/speed" --recipe brain "${encoders[@]}" \
       --set encoders.vae="$work/vae" --embedder "$work/embedder" --steps 300 --batch-size 32 --overwrite
     python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print({k: r.get(k) for k in \

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The GPU session behind docs/benchmarks.md (training speed, multi-GPU scaling, scan kernels, 512² rows),
+# The GPU runs behind docs/benchmarks.md (training speed, multi-GPU scaling, scan kernels, 512² rows),
 # docs/quality.md (Table 2), docs/consistency.md and docs/convert.md (20 ODE steps vs 250 ancestral steps),
-# as one background job on one machine with one or more GPUs; the device tool's calls only wait and collect.
+# as one background job on one machine with one or more GPUs; gpu_wait.sh waits for it and collects the files.
 # From the repository root, with .gpu-run/ carrying the SimpleITK, diffusers, importlib_metadata, open_clip,
-# ftfy and wcwidth wheels, the mamba-ssm sdist (and causal-conv1d's for `conv`) and
-# ../shared/device/build-cuda-ext.sh:
-#   setsid nohup bash benchmarks/gpu_all.sh > /tmp/gpu_all.log 2>&1 < /dev/null &
-#   bash benchmarks/gpu_wait.sh 570            # waits, then packs logs and tables into $OUT
+# ftfy and wcwidth wheels, the mamba-ssm sdist (and causal-conv1d's for `conv`) and a build-cuda-ext.sh that
+# builds them for the card (see README.md beside this file):
+#   setsid nohup bash benchmarks/gpu/gpu_all.sh > /tmp/gpu_all.log 2>&1 < /dev/null &
+#   bash benchmarks/gpu/gpu_wait.sh 570            # waits, then packs logs and tables into $OUT
 # Knobs (environment):
 #   STAGES        which parts run: setup data speed kernels table consistency backbone512 compile conv
 #                 backbone512fp32
@@ -19,7 +19,7 @@
 #   TABLE_GROUPS  Table 2 rows, one comma-separated group per GPU (GPU i trains group i, one after another)
 #   TABLE_BUDGET  the budget option of benchmarks/table2.py (default --steps 1000; e.g. --images 96000)
 #   WORK          work folder (default /tmp/diffma-gpu)
-# The first 2026-11-27 session (2 x H100) ran the defaults; the second (4 x H100):
+# The 2026-11-27 runs on 2 x H100 used the defaults; those on 4 x H100:
 #   STAGES="setup data kernels table backbone512 compile" TABLE_BUDGET="--images 96000" \
 #   TABLE_GROUPS="diffma-spiral,dit diffma-released,zigma diffma-no-mask,emamba vmamba,vim"
 set -uo pipefail
@@ -38,7 +38,7 @@ export PYTHONPATH=/tmp/site:$(pwd) PYTHONUNBUFFERED=1
 gpus=$(nvidia-smi -L | wc -l)
 last_gpu=$(( gpus - 1 ))
 
-# One `diffma train` line per run: whole-run and last-window images/s, peak memory (issue 4's numbers).
+# One `diffma train` line per run: whole-run and last-window images/s, peak memory.
 report_speed() {
   python3 - "$@" <<'PY'
 import json, sys
@@ -64,7 +64,7 @@ kernels() {
   touch "$logs/kernels.done"
 }
 
-# Issue 10's slice-consistency options at 20 ODE steps on every test case, and issue 5's 20-step ODE
+# The slice-consistency options at 20 ODE steps on every test case, and the 20-step ODE
 # sampler against 250 ancestral steps on two cases, with Table 2's spiral DiffMa-B/2.
 consistency() {
   local run=$work/table2/diffma-spiral/run
@@ -81,7 +81,7 @@ consistency() {
 
 # Issue 7's grid for the four backbones: NAME RESOLUTIONS DTYPES -> $logs/NAME.txt and .json. `backbone512`:
 # the 512² rows (1024 tokens) and the baselines after the mixer changes, bf16; `backbone512fp32`: the fp32
-# column at 512² (session 3 ran bf16 only); rows that run out of memory say so.
+# column at 512² (bf16 alone is the `backbone512` stage); rows that run out of memory say so.
 backbone_grid() {
   timeout 500 python3 benchmarks/backbone.py \
     --models DiffMa-B/2,DiT-B/2,ZigMa-BL/2,VMamba-BL/2 --batches 8,32,64 --resolutions "$2" \
@@ -128,7 +128,7 @@ early_kernels=$(want kernels && [ "$gpus" -gt 1 ] && echo yes)
  [ -n "$early_kernels" ] && kernels "$last_gpu") &
 build=$!
 if want data; then
-  CUDA_VISIBLE_DEVICES=0 bash benchmarks/gpu_session.sh data "$work" > "$logs/data.txt" 2>&1 || mark "data FAILED"
+  CUDA_VISIBLE_DEVICES=0 bash benchmarks/gpu/gpu_session.sh data "$work" > "$logs/data.txt" 2>&1 || mark "data FAILED"
   mark "data done"
 fi
 # Nothing trains before mamba-ssm is built; Table 2's group on the last GPU waits for early kernels itself
@@ -140,7 +140,7 @@ diffma doctor > "$logs/doctor.txt" 2>&1
 mark "doctor rc=$?"
 
 if want speed; then
-  # End-to-end `diffma train` (issue 4) on two GPUs (global batch 64 = 32 per GPU), then on one (batch 32).
+  # End-to-end `diffma train` on two GPUs (global batch 64 = 32 per GPU), then on one (batch 32).
   train_speed=(--recipe brain "${encoders[@]}" --embedder "$work/embedder" --steps 200
                --set training.log_every=20 --overwrite)
   torchrun --standalone --nproc-per-node 2 -m diffma_cli train "$work/data" -o "$work/runs/speed-2gpu" \
@@ -154,7 +154,7 @@ if want speed; then
 fi
 
 if want table; then
-  # Table 2 (issue 8): group i of TABLE_GROUPS on GPU i, one plan for all (the same images per row); the
+  # Table 2: group i of TABLE_GROUPS on GPU i, one plan for all (the same images per row); the
   # extra stages follow their GPU's group.
   table=(python3 benchmarks/table2.py "$work/data" "$work/synthrad/Task1" -o "$work/table2" --recipe brain
          "${encoders[@]}" --set training.global_batch_size=32 --set training.ema_decay=0.997

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Waits up to SECONDS for benchmarks/gpu_all.sh to finish, then packs what it has written so far into $OUT
+# Waits up to SECONDS for benchmarks/gpu/gpu_all.sh to finish, then packs what it has written so far into $OUT
 # (logs, Table 2 files, consistency rows); safe to call again while the job goes on.
 work=${WORK:-/tmp/diffma-gpu}
 deadline=$(( $(date +%s) + ${1:-570} ))

@@ -1,9 +1,9 @@
 # Source this on a GPU machine without a package registry, from the repository root:
-#   source benchmarks/device_env.sh
+#   source benchmarks/gpu/device_env.sh
 # It installs the wheels carried in .gpu/whl (diffusers, a mamba-ssm wheel built for the card, ...),
 # .gpu-sitk or .gpu-full/whl (SimpleITK, diffusers, timm) into /tmp/site, builds mamba-ssm from the sdist in
-# .gpu-full when no wheel came along (about 170 s for sm_90 alone, with ../shared/device/build-cuda-ext.sh
-# copied beside it), and puts everything and the project on PYTHONPATH. docs/benchmarks.md says how our
+# .gpu-full when no wheel came along (about 170 s for sm_90 alone, with a build-cuda-ext.sh
+# beside it, see README.md), and puts everything and the project on PYTHONPATH. docs/benchmarks.md says how our
 # numbers were made.
 for dir in .gpu/whl .gpu-sitk .gpu-full/whl; do
   if compgen -G "$dir/*.whl" > /dev/null; then
