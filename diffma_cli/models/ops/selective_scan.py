@@ -34,10 +34,9 @@ import torch.nn.functional as F
 
 from diffma_cli.errors import EnvironmentProblem
 from diffma_cli.models.ops.dispatch import BackendChoice, OptionalImport, require_cuda_kernel
+from diffma_cli.models.ops.scan_inputs import TRITON_DTYPES, check_shapes, needs_grad
 
 BACKENDS = ("auto", "mamba_ssm", "triton", "torch", "reference")
-#: Input dtypes the Triton kernel reads (it computes in float32); float64 stays on the other backends.
-TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 #: Whether "auto" may pick the Triton kernels at all. Off, from the H100 run of benchmarks/scan_kernels_gpu.py
 #: (2026-11-27, docs/benchmarks.md): as accurate as mamba-ssm and 20 % faster forward at 196 tokens, but
 #: slower at 1024 tokens and about twice as slow with the backward. Force them with backend="triton" /
@@ -72,19 +71,6 @@ def _discretised_inputs(
     return u, delta, A, B, C
 
 
-def _check_shapes(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor):
-    batch, dim, length = u.shape
-    state = A.shape[1]
-    if delta.shape != u.shape or A.shape != (dim, state):
-        raise ValueError(
-            f"selective_scan: u {tuple(u.shape)}, delta {tuple(delta.shape)}, A {tuple(A.shape)} do not agree"
-        )
-    for name, t in (("B", B), ("C", C)):
-        if t.shape != (batch, state, length):
-            raise ValueError(f"selective_scan: {name} must be (batch, N, L) = {(batch, state, length)}, "
-                             f"got {tuple(t.shape)}")
-
-
 def _finish(y, u, D, z, dtype_in):
     """y (batch, Di, L) in compute dtype -> + D·u, · SiLU(z), cast back to the input dtype."""
     if D is not None:
@@ -96,7 +82,7 @@ def _finish(y, u, D, z, dtype_in):
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """The recurrence exactly as written in the module docstring, one time step per iteration."""
-    _check_shapes(u, delta, A, B, C)
+    check_shapes(u, delta, A, B, C)
     dtype_in = u.dtype
     u, delta, A, B, C = _discretised_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
     batch, dim, length = u.shape
@@ -133,7 +119,7 @@ def selective_scan_blocked(
       - K is chosen so that a block's (K, batch, Di, N) tensors stay near BLOCK_ELEMENTS (cache-sized).
     `block_steps` overrides K (tests, benchmarks). Autograd differentiates it.
     """
-    _check_shapes(u, delta, A, B, C)
+    check_shapes(u, delta, A, B, C)
     dtype_in = u.dtype
     u, delta, A, B, C = _discretised_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
     batch, dim, length = u.shape
@@ -180,11 +166,6 @@ triton_scan_fn = OptionalImport(_load_triton)
 def _triton_interpreting() -> bool:
     """Whether triton kernels run in its CPU interpreter (TRITON_INTERPRET=1, set before importing triton)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def needs_grad(*tensors: torch.Tensor | None) -> bool:
-    """Whether autograd will record a call on these tensors."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def resolve_backend(backend: str | None, u: torch.Tensor, grad: bool = False) -> str:

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from diffma_cli.models.ops.selective_scan import TRITON_DTYPES, _check_shapes, needs_grad
+from diffma_cli.models.ops.scan_inputs import TRITON_DTYPES, check_shapes, needs_grad
 
 #: log2(e): the kernel evaluates exp(delta·A) as exp2(delta·A·log2 e), one special-function op.
 LOG2_E: tl.constexpr = tl.constexpr(1.4426950408889634)
@@ -355,7 +355,7 @@ def _tile(dim: int, tile: dict | None, chunk: int) -> dict:
 
 
 def _check_inputs(u, delta, A, B, C, z) -> None:
-    _check_shapes(u, delta, A, B, C)
+    check_shapes(u, delta, A, B, C)
     for name, t in (("u", u), ("delta", delta), ("z", z)):
         if t is not None and t.dtype not in TRITON_DTYPES:
             raise ValueError(f"triton selective scan: {name} has dtype {t.dtype}; supported: "
