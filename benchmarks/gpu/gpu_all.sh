@@ -79,7 +79,7 @@ consistency() {
   mark "sampler rc=$?"
 }
 
-# Issue 7's grid for the four backbones: NAME RESOLUTIONS DTYPES -> $logs/NAME.txt and .json. `backbone512`:
+# The grid of four backbones: NAME RESOLUTIONS DTYPES -> $logs/NAME.txt and .json. `backbone512`:
 # the 512² rows (1024 tokens) and the baselines after the mixer changes, bf16; `backbone512fp32`: the fp32
 # column at 512² (bf16 alone is the `backbone512` stage); rows that run out of memory say so.
 backbone_grid() {
@@ -91,7 +91,7 @@ backbone_grid() {
 backbone512() { backbone_grid backbone512 224,512 bf16; }
 backbone512fp32() { backbone_grid backbone512-fp32 512 fp32; }
 
-# Issue 7's causal-conv1d question: the convolution alone, then DiffMa-B/2 with either convolution, one card.
+# Does causal-conv1d pay? The convolution alone, then DiffMa-B/2 with either convolution, one card.
 conv() {
   timeout 200 python3 benchmarks/conv_gpu.py --json "$logs/conv.json" > "$logs/conv.txt" 2>&1
   for backend in torch causal_conv1d; do

@@ -1,4 +1,4 @@
-"""The bad-input matrix: every command against the bad inputs a user can give it (issue 9).
+"""The bad-input matrix: every command against the bad inputs a user can give it.
 
 Each case asserts the contract of docs/troubleshooting.md: the documented exit code (2 input, 3 output,
 4 environment), exactly one line on stderr that starts with `diffma: error:` and names the file or option
