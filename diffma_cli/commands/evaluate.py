@@ -20,14 +20,16 @@ def evaluate(
                                    "in the report."),
     modality: str = typer.Option("mr", "--modality", help="What was predicted: mr (scored on prepare's "
                                  "normalised scale [-1, 1]) or ct (in HU, range [-1024, 3000])."),
-    protocol: str = typer.Option("both", "--protocol", help="synthrad (masked 3-D MAE/PSNR/SSIM), paper "
-                                 "(per-slice 8-bit SSIM %/PSNR/MSE) or both. Consistency measures always."),
+    protocol: str = typer.Option("both", "--protocol", help="synthrad (masked 3-D MAE/PSNR/SSIM of "
+                                 "SynthRAD2023 and SynthRAD2025's MS-SSIM), paper (per-slice 8-bit SSIM "
+                                 "%/PSNR/MSE) or both. Consistency measures always."),
     output: Path | None = typer.Option(None, "-o", "--output",
                                        help="metrics.json to write (a .csv beside it)."),
     report: Path | None = typer.Option(None, "--report", help="Folder for PNG montages and index.html."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
-    """Score predictions: SynthRAD2023 metrics, the paper's slice metrics and slice-to-slice consistency.
+    """Score predictions: SynthRAD2023 metrics with SynthRAD2025's MS-SSIM, the paper's slice metrics and
+    slice-to-slice consistency.
 
     One case:  diffma eval mri.nii.gz --target 1BA001/mr.nii.gz --mask 1BA001/mask.nii.gz -o metrics.json
 

@@ -5,9 +5,10 @@
 - `evaluate_cases`: many cases with a progress bar, optionally writing metrics.json/CSV and a visual report
   -> {"modality", "protocol", "scale", "cases": [...], "summary": {...}} (the content of metrics.json).
 
-Metric keys (docs/metrics.md, docs/consistency.md): synthrad `mae`, `psnr`, `ssim`; paper `paper_ssim` (%),
-`paper_psnr`, `paper_mse`, `paper_slices`; always `pearson` (voxelwise correlation inside the mask) and the
-consistency measures `sagittal_ssim`, `sagittal_psnr`, `coronal_ssim`, `coronal_psnr`, `roughness_ratio`.
+Metric keys (docs/metrics.md, docs/consistency.md): synthrad `mae`, `psnr`, `ssim`, `ms_ssim`; paper
+`paper_ssim` (%), `paper_psnr`, `paper_mse`, `paper_slices`; always `pearson` (voxelwise correlation inside
+the mask) and the consistency measures `sagittal_ssim`, `sagittal_psnr`, `coronal_ssim`, `coronal_psnr`,
+`roughness_ratio`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from diffma_cli import __version__
 from diffma_cli.errors import InputError
 from diffma_cli.evaluation.consistency import consistency_metrics
 from diffma_cli.evaluation.metrics import masked_pearson, paper_metrics, synthrad_metrics
+from diffma_cli.evaluation.ms_ssim import masked_ms_ssim, ms_ssim_range
 from diffma_cli.evaluation.pairing import CasePaths, check_pairs, load_case_volumes
 from diffma_cli.evaluation.results import check_result_outputs, summarise, write_results
 from diffma_cli.evaluation.scales import metric_range
@@ -42,6 +44,7 @@ def evaluate_arrays(prediction: np.ndarray, reference: np.ndarray, mask: np.ndar
     result: dict[str, float] = {}
     if protocol in ("synthrad", "both"):
         result.update(synthrad_metrics(prediction, reference, mask, scale))
+        result["ms_ssim"] = masked_ms_ssim(prediction, reference, mask, ms_ssim_range(modality))
     if protocol in ("paper", "both"):
         result.update(paper_metrics(prediction, reference, mask, scale))
     result["pearson"] = masked_pearson(prediction, reference, mask)
