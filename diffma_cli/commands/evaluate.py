@@ -26,6 +26,10 @@ def evaluate(
     output: Path | None = typer.Option(None, "-o", "--output",
                                        help="metrics.json to write (a .csv beside it)."),
     report: Path | None = typer.Option(None, "--report", help="Folder for PNG montages and index.html."),
+    percentiles_from: Path | None = typer.Option(
+        None, "--percentiles-from", metavar="DATA|RUN", help="Normalise reference MRs with the percentiles "
+        "recorded in a prepared data folder (manifest.json) or a run folder (recipe.yaml) instead of the "
+        "default 0.5/99.5."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Score predictions: SynthRAD2023 metrics with SynthRAD2025's MS-SSIM, the paper's slice metrics and
@@ -34,6 +38,8 @@ def evaluate(
     One case:  diffma eval mri.nii.gz --target 1BA001/mr.nii.gz --mask 1BA001/mask.nii.gz -o metrics.json
 
     Folder:    diffma eval predictions/ Task1/brain -o metrics.json --report report/
+
+    With the run's MR normalisation: add --percentiles-from RUN (or the prepared DATA folder).
     """
     from diffma_cli.errors import InputError
     from diffma_cli.evaluation.evaluate import check_protocol, evaluate_cases
@@ -43,6 +49,11 @@ def evaluate(
 
     metric_range(modality)
     check_protocol(protocol)
+    mr_percentiles = None
+    if percentiles_from is not None:
+        from diffma_cli.evaluation.scales import recorded_mr_percentiles
+
+        mr_percentiles = recorded_mr_percentiles(percentiles_from)
     if target is not None:
         if data_src is not None:
             raise InputError("give either --target (one case) or DATA_SRC (folder mode), not both")
@@ -58,7 +69,7 @@ def evaluate(
                              f"DATA_SRC (<case>/mask.nii.gz, <case>/{INPUT_MODALITY[modality]}.nii.gz)")
         pairs = pair_folder(prediction, data_src, modality)
     results = evaluate_cases(pairs, modality=modality, protocol=protocol, output=output, report=report,
-                             overwrite=overwrite)
+                             overwrite=overwrite, mr_percentiles=mr_percentiles)
     for key, stats in results["summary"].items():
         if key == "paper_pooled":
             shown = ", ".join(f"{name} {value:.4g}" for name, value in stats.items())

@@ -53,9 +53,11 @@ def evaluate_arrays(prediction: np.ndarray, reference: np.ndarray, mask: np.ndar
 
 
 def evaluate_case(paths: CasePaths, *, modality: str = "mr", protocol: str = "both",
-                  report_folder: Path | None = None) -> dict:
-    """Read, check and score one case; with `report_folder`, also write its montages there."""
-    volumes = load_case_volumes(paths, modality)
+                  report_folder: Path | None = None,
+                  mr_percentiles: tuple[float, float] | None = None) -> dict:
+    """Read, check and score one case (a reference MR normalised with `mr_percentiles`, None for prepare's
+    default); with `report_folder`, also write its montages there."""
+    volumes = load_case_volumes(paths, modality, mr_percentiles)
     record = {"case": paths.case, "prediction": str(paths.prediction), "reference": str(paths.reference),
               "mask": str(paths.mask)}
     record.update(evaluate_arrays(volumes.prediction, volumes.reference, volumes.mask, modality=modality,
@@ -69,13 +71,15 @@ def evaluate_case(paths: CasePaths, *, modality: str = "mr", protocol: str = "bo
 
 def evaluate_cases(pairs: Sequence[CasePaths], *, modality: str = "mr", protocol: str = "both",
                    output: str | Path | None = None, report: str | Path | None = None,
-                   overwrite: bool = False, progress: bool = True) -> dict:
+                   overwrite: bool = False, progress: bool = True,
+                   mr_percentiles: tuple[float, float] | None = None) -> dict:
     """Score every case and summarise: the content of metrics.json.
 
     First, before any long work: existing outputs are refused unless `overwrite`, and every case is checked
     from its file headers (`check_pairs`). Then each case is scored (tqdm progress bar). `output` is the
     metrics.json to write (with a CSV beside it, `results.write_results`); `report` a folder for montages and
-    index.html, written atomically.
+    index.html, written atomically. `mr_percentiles` normalise reference MRs (None: prepare's default; see
+    `scales.recorded_mr_percentiles`) and are recorded in the header.
     """
     from tqdm import tqdm
 
@@ -90,12 +94,16 @@ def evaluate_cases(pairs: Sequence[CasePaths], *, modality: str = "mr", protocol
     check_pairs(list(pairs))
     header = {"diffma": __version__, "modality": modality, "protocol": protocol,
               "scale": {"low": scale.low, "high": scale.high}}
+    if modality == "mr":
+        from diffma_cli.data.normalise import MR_PERCENTILES
+
+        header["mr_percentiles"] = list(mr_percentiles or MR_PERCENTILES)
 
     def run(report_folder: Path | None) -> dict:
         # A context manager, so that an error mid-way ends the bar's line before the message.
         with tqdm(pairs, desc="eval", unit="case", disable=not progress) as bar:
-            records = [evaluate_case(pair, modality=modality, protocol=protocol, report_folder=report_folder)
-                       for pair in bar]
+            records = [evaluate_case(pair, modality=modality, protocol=protocol, report_folder=report_folder,
+                                     mr_percentiles=mr_percentiles) for pair in bar]
         results = {**header, "cases": records, "summary": summarise(records)}
         if report_folder is not None:
             from diffma_cli.evaluation.report import write_index
