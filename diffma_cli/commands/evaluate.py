@@ -25,7 +25,8 @@ def evaluate(
                                  "%/PSNR/MSE) or both. Consistency measures always."),
     output: Path | None = typer.Option(None, "-o", "--output",
                                        help="metrics.json to write (a .csv beside it)."),
-    report: Path | None = typer.Option(None, "--report", help="Folder for PNG montages and index.html."),
+    report: Path | None = typer.Option(None, "--report", help="Folder for index.html (metric table, a slice "
+                                       "viewer per case and plane) and its PNG montages and slice stacks."),
     percentiles_from: Path | None = typer.Option(
         None, "--percentiles-from", metavar="DATA|RUN", help="Normalise reference MRs with the percentiles "
         "recorded in a prepared data folder (manifest.json) or a run folder (recipe.yaml) instead of the "

@@ -9,5 +9,5 @@ Submodules, one idea each, imported explicitly (`from diffma_cli.evaluation.metr
 - `pairing`: which prediction belongs to which reference, and loading them with a geometry check.
 - `evaluate`: one function per use -- arrays, files, a folder of predictions -- returning result records.
 - `results`: per-metric summary and the JSON/CSV files.
-- `report`: PNG montages per case and an index.html.
+- `report`: PNG montages and slice stacks per case and an index.html with slice viewers.
 """
