@@ -85,6 +85,9 @@ class TrainingConfig:
     # torch.compile the network for the run (opt-in): +19 % for the DiffMa-B/2 training step on an H100 in
     # benchmarks/backbone.py; the first steps pay for compilation. Checkpoints are unchanged.
     compile: bool = False
+    # Diffusion training only: PNG previews (CT | generated | reference of fixed val slices, the loss curve)
+    # into RUN/previews/ every this many optimiser steps; 0 = off (docs/training.md).
+    preview_every: int = 5000
 
 
 @dataclass

@@ -5,7 +5,7 @@
 - a released `.pt` checkpoint: what it holds (model/ema/opt/args), each state dict recognised as a model,
   optimiser settings and the training options (read safely, see `io/torch_checkpoint.py`);
 - a run folder of `diffma train` (run.json, recipe.yaml): what was trained, its recipe, the weights files in
-  it (checkpoints' own files aside) and its checkpoints.
+  it (checkpoints' own files aside), its checkpoints and its training previews (PNG).
 """
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ def describe_run(folder: Path) -> dict[str, Any]:
     import yaml
 
     from diffma_cli.train.checkpoint import CHECKPOINTS
+    from diffma_cli.train.previews import preview_files
     from diffma_cli.train.run_folder import RECIPE, RUN_INFO, read_run_info
 
     if not (folder / RUN_INFO).is_file() and not (folder / RECIPE).is_file():
@@ -132,6 +133,9 @@ def describe_run(folder: Path) -> dict[str, Any]:
     summary["weights"] = [describe_safetensors(path) for path in sorted(folder.rglob("*.safetensors"))
                           if CHECKPOINTS not in path.relative_to(folder).parts
                           and not path.name.startswith(".")]
+    previews = preview_files(folder)
+    if previews:
+        summary["previews"] = [str(path.relative_to(folder)) for path in previews]
     checkpoints = folder / CHECKPOINTS
     if checkpoints.is_dir():
         summary["checkpoints"] = sorted(entry.name for entry in checkpoints.iterdir()

@@ -48,14 +48,16 @@ def test_sagittal_and_coronal_show_superior_up():
 def test_report_files_and_links(tmp_path):
     case = volumes()
     paths = report.write_case_montages(tmp_path, case, NORMALISED_RANGE, "mr")
-    assert [path.name for path in paths] == ["1PA001_axial.png", "1PA001_sagittal.png", "1PA001_coronal.png"]
+    assert [path.name for path in paths] == ["1PA001_axial.png", "1PA001_sagittal.png", "1PA001_coronal.png",
+                                             "1PA001_axial_stack.png", "1PA001_sagittal_stack.png",
+                                             "1PA001_coronal_stack.png"]
     assert all(Image.open(path).size[0] > 0 for path in paths)
     results = {"modality": "mr", "protocol": "both", "scale": {"low": -1.0, "high": 1.0},
                "cases": [{"case": "1PA001", "ssim": 0.9, "psnr": float("inf")}],
                "summary": {"ssim": {"mean": 0.9, "std": None, "n": 1}, "psnr": {"mean": None, "std": None,
                                                                               "n": 0}}}
     index = report.write_index(tmp_path, results).read_text()
-    links = re.findall(r'(?:src|href)="([^"]+)"', index)
+    links = re.findall(r'(?:src|href)="([^"#]+)"', index)  # files, not the table's links to case headings
     assert sorted(links) == sorted(path.name for path in paths)
     assert "0.9" in index and "inf" in index
 

@@ -20,21 +20,30 @@ def evaluate(
                                    "in the report."),
     modality: str = typer.Option("mr", "--modality", help="What was predicted: mr (scored on prepare's "
                                  "normalised scale [-1, 1]) or ct (in HU, range [-1024, 3000])."),
-    protocol: str = typer.Option("both", "--protocol", help="synthrad (masked 3-D MAE/PSNR/SSIM), paper "
-                                 "(per-slice 8-bit SSIM %/PSNR/MSE) or both. Consistency measures always."),
+    protocol: str = typer.Option("both", "--protocol", help="synthrad (masked 3-D MAE/PSNR/SSIM of "
+                                 "SynthRAD2023 and SynthRAD2025's MS-SSIM), paper (per-slice 8-bit SSIM "
+                                 "%/PSNR/MSE) or both. Consistency measures always."),
     output: Path | None = typer.Option(None, "-o", "--output",
                                        help="metrics.json to write (a .csv beside it)."),
-    report: Path | None = typer.Option(None, "--report", help="Folder for PNG montages and index.html."),
+    report: Path | None = typer.Option(None, "--report", help="Folder for index.html (metric table, a slice "
+                                       "viewer per case and plane) and its PNG montages and slice stacks."),
+    percentiles_from: Path | None = typer.Option(
+        None, "--percentiles-from", metavar="DATA|RUN", help="Normalise reference MRs with the percentiles "
+        "recorded in a prepared data folder (manifest.json) or a run folder (recipe.yaml) instead of the "
+        "default 0.5/99.5."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     allow_off_scale: bool = typer.Option(False, "--allow-off-scale", help="Score a prediction whose values "
                                          "inside the mask mostly lie off the modality's scale (a raw MR, a "
                                          "CT scored as MR) with a warning instead of refusing it."),
 ) -> None:
-    """Score predictions: SynthRAD2023 metrics, the paper's slice metrics and slice-to-slice consistency.
+    """Score predictions: SynthRAD2023 metrics with SynthRAD2025's MS-SSIM, the paper's slice metrics and
+    slice-to-slice consistency.
 
     One case:  diffma eval mri.nii.gz --target 1BA001/mr.nii.gz --mask 1BA001/mask.nii.gz -o metrics.json
 
     Folder:    diffma eval predictions/ Task1/brain -o metrics.json --report report/
+
+    With the run's MR normalisation: add --percentiles-from RUN (or the prepared DATA folder).
     """
     from diffma_cli.errors import InputError
     from diffma_cli.evaluation.evaluate import check_protocol, evaluate_cases
@@ -44,6 +53,11 @@ def evaluate(
 
     metric_range(modality)
     check_protocol(protocol)
+    mr_percentiles = None
+    if percentiles_from is not None:
+        from diffma_cli.evaluation.scales import recorded_mr_percentiles
+
+        mr_percentiles = recorded_mr_percentiles(percentiles_from)
     if target is not None:
         if data_src is not None:
             raise InputError("give either --target (one case) or DATA_SRC (folder mode), not both")
@@ -59,7 +73,8 @@ def evaluate(
                              f"DATA_SRC (<case>/mask.nii.gz, <case>/{INPUT_MODALITY[modality]}.nii.gz)")
         pairs = pair_folder(prediction, data_src, modality)
     results = evaluate_cases(pairs, modality=modality, protocol=protocol, output=output, report=report,
-                             overwrite=overwrite, allow_off_scale=allow_off_scale)
+                             overwrite=overwrite, allow_off_scale=allow_off_scale,
+                             mr_percentiles=mr_percentiles)
     for key, stats in results["summary"].items():
         if key == "paper_pooled":
             shown = ", ".join(f"{name} {value:.4g}" for name, value in stats.items())

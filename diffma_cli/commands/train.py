@@ -190,6 +190,8 @@ def train(
     Trains on cached VAE latents, conditioned on the frozen embedder's tokens and soft mask.
     Saves EMA weights, the resolved recipe and a copy of the embedder in OUT:
     `diffma convert --model OUT` needs only that folder.
+    Every training.preview_every steps (default 5000; 0 = off) it writes OUT/previews/step-N.png
+    (CT | generated | MR of four fixed val slices) and OUT/previews/loss.png.
     Several GPUs: torchrun --standalone --nproc-per-node 4 -m diffma_cli train DATA -o RUN ...
 
     Examples:

@@ -5,9 +5,10 @@
 - `evaluate_cases`: many cases with a progress bar, optionally writing metrics.json/CSV and a visual report
   -> {"modality", "protocol", "scale", "cases": [...], "summary": {...}} (the content of metrics.json).
 
-Metric keys (docs/metrics.md, docs/consistency.md): synthrad `mae`, `psnr`, `ssim`; paper `paper_ssim` (%),
-`paper_psnr`, `paper_mse`, `paper_slices`; always `pearson` (voxelwise correlation inside the mask) and the
-consistency measures `sagittal_ssim`, `sagittal_psnr`, `coronal_ssim`, `coronal_psnr`, `roughness_ratio`.
+Metric keys (docs/metrics.md, docs/consistency.md): synthrad `mae`, `psnr`, `ssim`, `ms_ssim`; paper
+`paper_ssim` (%), `paper_psnr`, `paper_mse`, `paper_slices`; always `pearson` (voxelwise correlation inside
+the mask) and the consistency measures `sagittal_ssim`, `sagittal_psnr`, `coronal_ssim`, `coronal_psnr`,
+`roughness_ratio`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from diffma_cli import __version__
 from diffma_cli.errors import InputError
 from diffma_cli.evaluation.consistency import consistency_metrics
 from diffma_cli.evaluation.metrics import masked_pearson, paper_metrics, synthrad_metrics
+from diffma_cli.evaluation.ms_ssim import masked_ms_ssim, ms_ssim_range
 from diffma_cli.evaluation.pairing import CasePaths, check_pairs, load_case_volumes
 from diffma_cli.evaluation.results import check_result_outputs, summarise, write_results
 from diffma_cli.evaluation.scales import metric_range, off_scale_problem
@@ -43,6 +45,7 @@ def evaluate_arrays(prediction: np.ndarray, reference: np.ndarray, mask: np.ndar
     result: dict[str, float] = {}
     if protocol in ("synthrad", "both"):
         result.update(synthrad_metrics(prediction, reference, mask, scale))
+        result["ms_ssim"] = masked_ms_ssim(prediction, reference, mask, ms_ssim_range(modality))
     if protocol in ("paper", "both"):
         result.update(paper_metrics(prediction, reference, mask, scale))
     result["pearson"] = masked_pearson(prediction, reference, mask)
@@ -51,13 +54,15 @@ def evaluate_arrays(prediction: np.ndarray, reference: np.ndarray, mask: np.ndar
 
 
 def evaluate_case(paths: CasePaths, *, modality: str = "mr", protocol: str = "both",
-                  report_folder: Path | None = None, allow_off_scale: bool = False) -> dict:
-    """Read, check and score one case; with `report_folder`, also write its montages there.
+                  report_folder: Path | None = None, allow_off_scale: bool = False,
+                  mr_percentiles: tuple[float, float] | None = None) -> dict:
+    """Read, check and score one case (a reference MR normalised with `mr_percentiles`, None for prepare's
+    default); with `report_folder`, also write its montages there.
 
     A prediction that is mostly off the modality's scale inside the mask (`scales.off_scale_problem`) is an
     InputError, or with `allow_off_scale` a warning on stderr and scored anyway.
     """
-    volumes = load_case_volumes(paths, modality)
+    volumes = load_case_volumes(paths, modality, mr_percentiles)
     problem = off_scale_problem(volumes.prediction, volumes.mask, modality)
     if problem is not None:
         hint = ("`diffma convert` writes MR on [-1, 1] and CT in HU; check --modality and that this is a "
@@ -80,13 +85,15 @@ def evaluate_case(paths: CasePaths, *, modality: str = "mr", protocol: str = "bo
 
 def evaluate_cases(pairs: Sequence[CasePaths], *, modality: str = "mr", protocol: str = "both",
                    output: str | Path | None = None, report: str | Path | None = None,
-                   overwrite: bool = False, progress: bool = True, allow_off_scale: bool = False) -> dict:
+                   overwrite: bool = False, progress: bool = True, allow_off_scale: bool = False,
+                   mr_percentiles: tuple[float, float] | None = None) -> dict:
     """Score every case and summarise: the content of metrics.json.
 
     First, before any long work: existing outputs are refused unless `overwrite`, and every case is checked
     from its file headers (`check_pairs`). Then each case is scored (tqdm progress bar). `output` is the
     metrics.json to write (with a CSV beside it, `results.write_results`); `report` a folder for montages and
-    index.html, written atomically.
+    index.html, written atomically. `mr_percentiles` normalise reference MRs (None: prepare's default; see
+    `scales.recorded_mr_percentiles`) and are recorded in the header.
     """
     from tqdm import tqdm
 
@@ -101,12 +108,17 @@ def evaluate_cases(pairs: Sequence[CasePaths], *, modality: str = "mr", protocol
     check_pairs(list(pairs))
     header = {"diffma": __version__, "modality": modality, "protocol": protocol,
               "scale": {"low": scale.low, "high": scale.high}}
+    if modality == "mr":
+        from diffma_cli.data.normalise import MR_PERCENTILES
+
+        header["mr_percentiles"] = list(mr_percentiles or MR_PERCENTILES)
 
     def run(report_folder: Path | None) -> dict:
         # A context manager, so that an error mid-way ends the bar's line before the message.
         with tqdm(pairs, desc="eval", unit="case", disable=not progress) as bar:
             records = [evaluate_case(pair, modality=modality, protocol=protocol, report_folder=report_folder,
-                                     allow_off_scale=allow_off_scale) for pair in bar]
+                                     allow_off_scale=allow_off_scale, mr_percentiles=mr_percentiles)
+                       for pair in bar]
         results = {**header, "cases": records, "summary": summarise(records)}
         if report_folder is not None:
             from diffma_cli.evaluation.report import write_index

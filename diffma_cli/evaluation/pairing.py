@@ -188,9 +188,11 @@ def _finite_array(image, path: Path) -> np.ndarray:
     return array
 
 
-def load_case_volumes(paths: CasePaths, modality: str) -> CaseVolumes:
+def load_case_volumes(paths: CasePaths, modality: str,
+                      mr_percentiles: tuple[float, float] | None = None) -> CaseVolumes:
     """Read a case, check that every volume lies on the reference grid, and bring the reference to the
-    metric scale (`scales.normalise_reference`). Raises InputError naming the file at fault."""
+    metric scale (`scales.normalise_reference`, MR with `mr_percentiles`, None for the default). Raises
+    InputError naming the file at fault."""
     from diffma_cli.evaluation.scales import normalise_reference
     from diffma_cli.io.volumes import read_volume
 
@@ -206,7 +208,8 @@ def load_case_volumes(paths: CasePaths, modality: str) -> CaseVolumes:
     if not mask.any():
         raise InputError("mask is empty (no voxel > 0)", path=paths.mask)
     try:
-        reference = normalise_reference(_finite_array(reference_image, paths.reference), mask, modality)
+        reference = normalise_reference(_finite_array(reference_image, paths.reference), mask, modality,
+                                        mr_percentiles)
     except InputError as error:
         raise InputError(error.problem, path=paths.reference, hint=error.hint) from None
     spacing_xyz = reference_image.GetSpacing()

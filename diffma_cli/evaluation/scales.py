@@ -3,8 +3,9 @@
 - CT in Hounsfield units, clipped to SynthRAD2023's range [-1024, 3000] HU (data range 4024): the official
   challenge metrics (`SynthRAD2023/metrics`, `functions/image_metrics.py`, `ImageMetrics.dynamic_range`).
 - MR on prepare's normalised scale [-1, 1] (data range 2): MR has no physical unit, so a reference MR in
-  scanner units is first brought to that scale with prepare's own per-case normalisation; a prediction
-  written by `diffma convert` already is on it.
+  scanner units is first brought to that scale with prepare's own per-case normalisation (with the
+  percentiles recorded by `prepare` or the run's recipe, `recorded_mr_percentiles`, when given); a
+  prediction written by `diffma convert` already is on it.
 
 Arrays are indexed (z, y, x) as SimpleITK's `GetArrayFromImage` returns them.
 """
@@ -12,6 +13,7 @@ Arrays are indexed (z, y, x) as SimpleITK's `GetArrayFromImage` returns them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -51,20 +53,49 @@ def metric_range(modality: str) -> IntensityRange:
     raise InputError(f"unknown modality {modality!r}", hint=f"use one of {', '.join(MODALITIES)}")
 
 
-def normalise_reference(reference: np.ndarray, mask: np.ndarray, modality: str) -> np.ndarray:
+def normalise_reference(reference: np.ndarray, mask: np.ndarray, modality: str,
+                        mr_percentiles: tuple[float, float] | None = None) -> np.ndarray:
     """A reference volume on the scale of `metric_range(modality)`, float32.
 
     CT stays in HU. MR in scanner units goes through prepare's per-case normalisation
-    (`diffma_cli.data.normalise`: the 0.5th and 99.5th percentiles of the MR inside `mask` map to -1 and +1,
-    values beyond are clipped), the mapping the model was trained on, so prediction and reference share one
-    scale. Raises InputError for an empty mask or an MR that is flat inside it.
+    (`diffma_cli.data.normalise`: the `mr_percentiles` of the MR inside `mask` -- by default the 0.5th and
+    99.5th, see `recorded_mr_percentiles` -- map to -1 and +1, values beyond are clipped), the mapping the
+    model was trained on, so prediction and reference share one scale. Raises InputError for an empty mask
+    or an MR that is flat inside it.
     """
     if modality == "ct":
         return np.asarray(reference, dtype=np.float32)
     metric_range(modality)
-    from diffma_cli.data.normalise import mr_scaling, mr_to_unit
+    from diffma_cli.data.normalise import MR_PERCENTILES, mr_scaling, mr_to_unit
 
-    return mr_to_unit(reference, mr_scaling(reference, mask))
+    return mr_to_unit(reference, mr_scaling(reference, mask, mr_percentiles or MR_PERCENTILES))
+
+
+def recorded_mr_percentiles(path: str | Path) -> tuple[float, float]:
+    """The MR percentiles a model's data was normalised with, read from `path`: a folder prepared by
+    `diffma prepare` (manifest.json, `options.mr_percentiles`) or a run folder of `diffma train`
+    (recipe.yaml, `data.mr_percentiles`, which training sets from the manifest). InputError otherwise."""
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        from diffma_cli.data.dataset import load_manifest
+
+        found, source = load_manifest(path).get("options", {}).get("mr_percentiles"), path / "manifest.json"
+    elif (path / "recipe.yaml").is_file():
+        from diffma_cli.config import load_recipe
+
+        found, source = load_recipe(path / "recipe.yaml").data.mr_percentiles, path / "recipe.yaml"
+    else:
+        raise InputError("holds neither manifest.json (a prepared data folder) nor recipe.yaml (a run "
+                         "folder)", path=path,
+                         hint="give the folder that `diffma prepare` or `diffma train` wrote")
+    try:
+        low, high = (float(value) for value in found)
+    except (TypeError, ValueError):
+        raise InputError(f"records no MR percentiles (found {found!r})", path=source) from None
+    if not 0 <= low < high <= 100:
+        raise InputError(f"MR percentiles {[low, high]} are not an increasing pair within [0, 100]",
+                         path=source)
+    return low, high
 
 
 def to_uint8(image: np.ndarray, scale: IntensityRange) -> np.ndarray:

@@ -67,10 +67,12 @@ def open_slices(data_dir: Path, split: str):
 def _train(kind: str, run_dir: str | Path, recipe: Recipe, settings: TrainingConfig, *,
            build: Callable[[Processes], object], export: Callable[[object, FitResult, Path], dict],
            info: Callable[[object], dict], device: str, resume: bool, overwrite: bool,
-           progress: bool, start: Callable[[object, Path], None] | None = None) -> Path:
+           progress: bool, start: Callable[[object, Path], None] | None = None,
+           after_step: Callable[[object, Path, Processes], Callable | None] | None = None) -> Path:
     """What all trainings share: folder checks, processes, seeds, fit, export and run.json (rank 0).
 
-    `start(task, run_dir)` runs on rank 0 once a new run folder exists (not when resuming).
+    `start(task, run_dir)` runs on rank 0 once a new run folder exists (not when resuming);
+    `after_step(task, run_dir, where)` gives the loop's per-step callback (previews), or None.
     """
     run_dir = Path(run_dir)
     with processes(device) as where:
@@ -94,7 +96,7 @@ def _train(kind: str, run_dir: str | Path, recipe: Recipe, settings: TrainingCon
         barrier(where)
         with _removed_unless_started(run_dir, where.is_main and not resume):
             _start_fit_export(kind, run_dir, recipe, settings, where, task, export, info, resume, progress,
-                              start)
+                              start, after_step)
         barrier(where)
     return run_dir
 
@@ -143,7 +145,7 @@ def same_model_as_before(kind: str, run_dir: Path, recipe: Recipe) -> None:
 
 
 def _start_fit_export(kind, run_dir, recipe, settings, where, task, export, info, resume, progress,
-                      start) -> None:
+                      start, after_step) -> None:
     """Write run.json (and the start files), train, export the weights and mark the run finished."""
     record = None
     if where.is_main:
@@ -156,7 +158,8 @@ def _start_fit_export(kind, run_dir, recipe, settings, where, task, export, info
             start(task, run_dir)
     if where.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(where.device)
-    result = fit(task, settings, run_dir, where, resume=resume, progress=progress, description=kind)
+    result = fit(task, settings, run_dir, where, resume=resume, progress=progress, description=kind,
+                 after_step=None if after_step is None else after_step(task, run_dir, where))
     if where.is_main:
         peak = torch.cuda.max_memory_allocated(where.device) if where.device.type == "cuda" else 0
         results = export(task, result, run_dir)
@@ -406,8 +409,17 @@ def train_diffusion(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, e
                                "steps": result.state.step, "weights": "ema"})
         return {"weights": run_folder.BACKBONE}
 
+    def previews(task: DiffusionTask, run_dir: Path, where: Processes):
+        from diffma_cli.train.previews import TrainingPreviews
+
+        every = recipe.training.preview_every
+        if every <= 0 or not where.is_main:
+            return None
+        return TrainingPreviews(run_dir, data_dir, recipe, task.embedder, task.scale, where.device, every)
+
     return _train("diffusion", run_dir, recipe, recipe.training, build=build, export=export, info=info,
-                  device=device, resume=resume, overwrite=overwrite, progress=progress, start=start)
+                  device=device, resume=resume, overwrite=overwrite, progress=progress, start=start,
+                  after_step=previews)
 
 
 def _same_embedder(run_dir: Path, given: str | Path | None) -> Path:

@@ -12,6 +12,7 @@ import contextlib
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -95,11 +96,14 @@ def batch_sizes(settings: TrainingConfig, where: Processes, dataset_size: int) -
 
 
 def fit(task: Task, settings: TrainingConfig, run_dir: str | Path, where: Processes, *,
-        resume: bool = False, progress: bool = True, description: str = "train") -> FitResult:
+        resume: bool = False, progress: bool = True, description: str = "train",
+        after_step: Callable[[int, int, torch.nn.Module], None] | None = None) -> FitResult:
     """Train `task.model` as `settings` say; checkpoints and `log.jsonl` go to `run_dir` (from rank 0).
 
     With `resume`, training continues from the latest checkpoint in `run_dir` and gives the same losses
     as an uninterrupted run. `settings.steps` (> 0) or `settings.epochs` set where training stops.
+    `after_step(step, total_steps, ema)` runs on rank 0 after every optimiser step and its log line (the
+    other processes go on and wait for it at the next gradient exchange).
     """
     from tqdm.auto import tqdm
 
@@ -210,6 +214,8 @@ def fit(task: Task, settings: TrainingConfig, run_dir: str | Path, where: Proces
                               f"{len(window_losses)} steps had a non-finite loss and were skipped",
                               file=sys.stderr)
                 window_losses, window_start = [], now
+            if after_step is not None and where.is_main:
+                after_step(state.step, total_steps, ema)
             bar.update(1)
 
             if state.step % settings.checkpoint_every == 0 or state.step == total_steps:
