@@ -41,7 +41,7 @@ def test_builtin_recipes_hold_the_paper_and_released_values():
         assert recipe.encoders.latent_scale is None and recipe.diffusion.num_timesteps == 1000
     assert brain.training.global_batch_size == 8 and pelvis.training.global_batch_size == 1
     # Every key of the dataclasses is written out in the shipped files (nothing silently defaulted).
-    for name in ("brain", "pelvis"):
+    for name in ("brain", "pelvis", "pelvis-512", "demo"):
         written = yaml.safe_load(builtin_recipe_text(name))
         assert _keys(written) == _keys(recipe_to_dict(Recipe()))
 
