@@ -348,7 +348,6 @@ def calibration_entry(args, out: Path, key: str, cases: list, ct_window, vae_run
 
     from diffma_cli.data.normalise import ct_to_unit
     from diffma_cli.evaluation import calibration
-    from diffma_cli.evaluation.scales import normalise_reference
     from diffma_cli.io.atomic import atomic_dir
     from diffma_cli.io.volumes import read_volume, write_volume
 
@@ -359,13 +358,9 @@ def calibration_entry(args, out: Path, key: str, cases: list, ct_window, vae_run
     say(f"{key}: {CALIBRATION[key]} ({len(cases)} test case(s))")
     array = sitk.GetArrayFromImage
 
-    def reference(case):  # (normalised MR, mask) of a case, as eval reads them
-        mask = array(read_volume(case.mask)) > 0
-        return normalise_reference(array(read_volume(case.mr)).astype("float32"), mask, "mr"), mask
-
     record: dict = {"parameters": 0, "device": "cpu"}
     if key == "constant":
-        value = calibration.pooled_mean(reference(case) for case in training_cases(args))
+        value = calibration.pooled_mean(map(calibration.normalised_case_mr, training_cases(args)))
         record.update(parameters=1, value=value)
     elif key == "affine":
         record.update(parameters=2, parameters_note="a and b, fitted per test case on its own MR", fits={})
@@ -378,7 +373,7 @@ def calibration_entry(args, out: Path, key: str, cases: list, ct_window, vae_run
     with atomic_dir(folder / PREDICTIONS, overwrite=True) as predictions:
         for number, case in enumerate(cases):
             ct = read_volume(case.ct)
-            mr_unit, mask = reference(case)
+            mr_unit, mask = calibration.normalised_case_mr(case)
             began = time.perf_counter()
             if key == "constant":
                 prediction = calibration.constant_prediction(mask, value)
@@ -388,7 +383,7 @@ def calibration_entry(args, out: Path, key: str, cases: list, ct_window, vae_run
                 record["fits"][case.id] = {"a": a, "b": b}
             elif key == "other-patient":
                 other = cases[(number + 1) % len(cases)]  # the next test case, cyclically
-                other_unit, _ = reference(other)
+                other_unit, _ = calibration.normalised_case_mr(other)
                 image = sitk.GetImageFromArray(other_unit)
                 image.CopyInformation(read_volume(other.mr))
                 prediction = calibration.other_patient_prediction(image, ct, mask)

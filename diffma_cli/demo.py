@@ -43,6 +43,7 @@ def run_demo(out: str | Path, *, overwrite: bool = False, device: str = "cpu", c
 
     from diffma_cli.config import apply_overrides, load_recipe
     from diffma_cli.convert_files import convert_path
+    from diffma_cli.data.dataset import load_manifest
     from diffma_cli.data.prepare import PrepareOptions, prepare
     from diffma_cli.data.synth import write_synthetic_tree
     from diffma_cli.data.synthrad import find_cases
@@ -97,24 +98,12 @@ def constant_mae(train_cases: list, test_cases: list) -> float:
     """Mean over `test_cases` of the MAE inside the mask of the constant predictor (the training cases' mean
     normalised MR inside their masks), on the scale `diffma eval` uses."""
     import numpy as np
-    import SimpleITK as sitk
 
-    from diffma_cli.evaluation.calibration import pooled_mean
+    from diffma_cli.evaluation.calibration import normalised_case_mr, pooled_mean
     from diffma_cli.evaluation.metrics import masked_mae
-    from diffma_cli.evaluation.scales import normalise_reference
 
-    def normalised(case) -> tuple[np.ndarray, np.ndarray]:
-        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(case.mask))) > 0
-        mr = sitk.GetArrayFromImage(sitk.ReadImage(str(case.mr))).astype(np.float32)
-        return normalise_reference(mr, mask, "mr"), mask
-
-    value = pooled_mean(normalised(case) for case in train_cases)
+    value = pooled_mean(map(normalised_case_mr, train_cases))
     scores = [masked_mae(np.full(mr.shape, value, np.float32), mr, mask)
-              for mr, mask in map(normalised, test_cases)]
+              for mr, mask in map(normalised_case_mr, test_cases)]
     return float(np.mean(scores))
 
-
-def load_manifest(data: Path) -> dict:
-    from diffma_cli.data.dataset import load_manifest as read
-
-    return read(data)

@@ -26,6 +26,19 @@ import numpy as np
 BACKGROUND = -1.0
 
 
+def normalised_case_mr(case) -> tuple[np.ndarray, np.ndarray]:
+    """(MR on eval's normalised scale, bool mask) of a SynthRAD case (`data.synthrad.Case`), read and
+    normalised exactly as `diffma eval` reads a reference."""
+    import SimpleITK as sitk
+
+    from diffma_cli.evaluation.scales import normalise_reference
+    from diffma_cli.io.volumes import read_volume
+
+    mask = sitk.GetArrayFromImage(read_volume(case.mask)) > 0
+    mr = sitk.GetArrayFromImage(read_volume(case.mr)).astype(np.float32)
+    return normalise_reference(mr, mask, "mr"), mask
+
+
 def pooled_mean(volumes_and_masks: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
     """Mean of the normalised volumes over all their mask voxels together (each voxel counts once)."""
     total, count = 0.0, 0
