@@ -159,7 +159,7 @@ def main(argv=None) -> int:
         print(f"| {r['code']} | {r['model']} | {r['resolution']} | {r['mode']} | {r['dtype']} | "
               f"{r['batch']} | {r['ms']:.1f} | {r['img_per_s']:.0f} | {r['peak_gib']:.2f} |")
     if args.json:
-        with open(args.json, "w") as handle:
+        with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(rows, handle, indent=1)
     return 0
 

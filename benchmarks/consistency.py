@@ -48,7 +48,8 @@ def test_cases(src: str, data: str | None, limit: int):
 
     cases = find_cases(src)
     if data is not None:
-        test_ids = set(json.loads((Path(data) / "manifest.json").read_text())["splits"]["test"])
+        manifest = json.loads((Path(data) / "manifest.json").read_text(encoding="utf-8"))
+        test_ids = set(manifest["splits"]["test"])
         cases = [case for case in cases if case.id in test_ids]
     return cases[:limit] if limit > 0 else cases
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no cases to convert")
     rows = [row for case in cases for row in score_case(case, models, settings, args)]
     if args.json:
-        with open(args.json, "w") as handle:
+        with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(rows, handle, indent=1, default=float)
     print(f"\n{len(cases)} case(s), {args.sampler} {args.steps} steps unless the setting says otherwise, "
           f"seed {args.seed}, {models.device}; means over cases")

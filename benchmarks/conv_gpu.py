@@ -182,7 +182,7 @@ def main(argv=None):
             )
     if args.json:
         summary = {"card": card, "torch": torch.__version__, "layout": args.layout, "rows": rows}
-        args.json.write_text(json.dumps(summary, indent=1))
+        args.json.write_text(json.dumps(summary, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ print(code, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
 
 def measure(command: list[str]) -> tuple[float, float, float]:
     """(wall seconds, CPU seconds, peak RSS in MiB) of one command; stops the benchmark if it fails."""
-    out = subprocess.run([sys.executable, "-c", _MEASURE, *command], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", _MEASURE, *command], capture_output=True, encoding="utf-8",
                          check=True)
     code, wall, cpu, rss_kib = out.stdout.split()
     if int(code) != 0:
@@ -103,7 +103,8 @@ def main() -> None:
             shutil.rmtree(data, ignore_errors=True)
             wall, cpu, rss = measure([*diffma, "prepare", str(source / "Task1"), "-o", str(data), "--anatomy",
                                  "brain", "--workers", str(workers)])
-            slices = sum(json.loads((data / "manifest.json").read_text())["slice_counts"].values())
+            manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
+            slices = sum(manifest["slice_counts"].values())
             print(f"| prepare ({slices} slices) | {args.cases} | {workers} | {wall:.1f} | {cpu:.1f} | "
                   f"{cpu / args.cases:.2f} | {rss:.0f} | {folder_mib(data):.0f} |", flush=True)
         read_rate(data)

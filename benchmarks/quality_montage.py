@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default="", help="comma-separated rows (default: those of table.json)")
     args = parser.parse_args(argv)
     rows = [row for row in args.rows.split(",") if row] or [
-        row["key"] for row in json.loads((args.out / "table.json").read_text())["rows"]]
+        row["key"] for row in json.loads((args.out / "table.json").read_text(encoding="utf-8"))["rows"]]
     image, labels = montage(args.out, args.src, rows, args.cases)
     from PIL import Image
 

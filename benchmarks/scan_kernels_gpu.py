@@ -242,7 +242,7 @@ def main(argv=None) -> int:
                   f"{subchunks} | {cell(ms)} | {cell(err)} | {cell(entry.get('fwdbwd_peak_mib'), 0)} | "
                   f"{entry.get('error', '')} |")
     if opts.json:
-        with open(opts.json, "w") as handle:
+        with open(opts.json, "w", encoding="utf-8") as handle:
             json.dump({"card": card, "rows": rows, "sweep": sweep}, handle, indent=1)
     return 0
 

@@ -29,7 +29,7 @@ DEFAULT_SHAPES = [(3, 64, 196, 16), (3, 1024, 49, 16), (3, 1024, 196, 16), (12, 
 
 def cpu_name() -> str:
     try:
-        with open("/proc/cpuinfo") as info:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
             for line in info:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()

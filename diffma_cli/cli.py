@@ -188,7 +188,17 @@ def _register_all() -> None:
 _register_all()
 
 
+def tolerate_narrow_terminals(*streams) -> None:
+    """On a terminal whose locale cannot encode a character we print (a plain `C` locale knows only ASCII:
+    "224²", "±", tqdm's bars), write it as an escape such as `\\xb2` instead of dying with a traceback."""
+    for stream in streams:
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main() -> None:
+    tolerate_narrow_terminals(sys.stdout, sys.stderr)
     app(prog_name="diffma")
 
 

@@ -313,7 +313,7 @@ def _write_summary(output: Path, reports: list[dict], result: ConvertResult, sec
                "skipped": sorted(split_suffix(path.name)[0] for path in result.skipped)}
     path = output / SUMMARY
     with atomic_file(path, overwrite=True) as temporary:
-        temporary.write_text(json.dumps(summary, indent=1))
+        temporary.write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return path
 
 

@@ -12,7 +12,7 @@ def write_fake_omegaconf(root: Path) -> None:
     """
     package = root / "omegaconf"
     package.mkdir()
-    (package / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("", encoding="utf-8")
     (package / "base.py").write_text(
         "import collections, dataclasses, typing\n"
         "@dataclasses.dataclass\n"
@@ -32,14 +32,14 @@ def write_fake_omegaconf(root: Path) -> None:
         "    def __getstate__(self):\n"
         "        state = dict(self.__dict__)\n"
         "        state.pop('_flags_cache', None)\n"
-        "        return state\n"
+        "        return state\n", encoding="utf-8"
     )
     (package / "nodes.py").write_text(
         "from omegaconf.base import Metadata, Node\n"
         "class AnyNode(Node):\n"
         "    def __init__(self, value, key, parent):\n"
         "        self.__dict__.update(_val=value, _metadata=Metadata(key=key), _parent=parent,\n"
-        "                             _flags_cache=None)\n"
+        "                             _flags_cache=None)\n", encoding="utf-8"
     )
     (package / "dictconfig.py").write_text(
         "from omegaconf.base import ContainerMetadata, Node\n"
@@ -55,7 +55,8 @@ def write_fake_omegaconf(root: Path) -> None:
         "    def __init__(self, content, key=None, parent=None):\n"
         "        self.__dict__.update(_metadata=ContainerMetadata(key=key, object_type=dict),\n"
         "                             _parent=parent, _flags_cache=None)\n"
-        "        self.__dict__['_content'] = {k: wrap(v, k, self) for k, v in content.items()}\n"
+        "        self.__dict__['_content'] = {k: wrap(v, k, self) for k, v in content.items()}\n",
+        encoding="utf-8"
     )
     (package / "listconfig.py").write_text(
         "from omegaconf.base import ContainerMetadata, Node\n"
@@ -63,5 +64,6 @@ def write_fake_omegaconf(root: Path) -> None:
         "    def __init__(self, content, key, parent, wrap):\n"
         "        self.__dict__.update(_metadata=ContainerMetadata(key=key, object_type=list),\n"
         "                             _parent=parent, _flags_cache=None)\n"
-        "        self.__dict__['_content'] = [wrap(v, i, self) for i, v in enumerate(content)]\n"
+        "        self.__dict__['_content'] = [wrap(v, i, self) for i, v in enumerate(content)]\n",
+        encoding="utf-8"
     )

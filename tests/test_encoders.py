@@ -102,7 +102,7 @@ def open_clip_folder(tmp_path_factory):
                                                             "timm_pool": "", "timm_proj": "linear",
                                                             "image_size": 224}},
               "preprocess_cfg": {"mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD)}}
-    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    (folder / "open_clip_config.json").write_text(json.dumps(config), encoding="utf-8")
     return folder, tower
 
 
@@ -154,7 +154,7 @@ def test_clip_hub_offline_without_cache_says_what_to_download():
 def test_clip_weights_that_do_not_fit_are_an_input_error(tmp_path):
     torch.save({"visual.trunk.cls_token": torch.zeros(1, 1, 7)}, tmp_path / "open_clip_pytorch_model.bin")
     config = {"model_cfg": {"embed_dim": 512, "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224"}}}
-    (tmp_path / "open_clip_config.json").write_text(json.dumps(config))
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(InputError, match="do not fit"):
         load_clip(str(tmp_path))
     with pytest.raises(InputError, match="normalisation"):

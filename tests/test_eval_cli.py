@@ -75,7 +75,7 @@ def test_folder_mode_writes_json_csv_and_report(tree):
     out, report = tree / "metrics.json", tree / "report"
     result = invoke(tree / "pred", tree / "Task1", "-o", out, "--report", report)
     assert result.exit_code == 0, result.output
-    metrics = json.loads(out.read_text())
+    metrics = json.loads(out.read_text(encoding="utf-8"))
     assert [case["case"] for case in metrics["cases"]] == ["1BA001", "1BA002"]
     first, second = metrics["cases"]
     for key in ("mae", "psnr", "ssim", "paper_ssim", "paper_psnr", "paper_mse", "paper_slices",
@@ -88,10 +88,10 @@ def test_folder_mode_writes_json_csv_and_report(tree):
     assert summary["mae"]["mean"] == pytest.approx((first["mae"] + second["mae"]) / 2)
     assert summary["mae"]["std"] == pytest.approx(np.std([first["mae"], second["mae"]], ddof=1))
     assert summary["paper_pooled"]["slices"] == first["paper_slices"] + second["paper_slices"]
-    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    rows = list(csv.DictReader(out.with_suffix(".csv").open(encoding="utf-8")))
     assert [row["case"] for row in rows] == ["1BA001", "1BA002"]
     assert float(rows[0]["ssim"]) == pytest.approx(first["ssim"])
-    index = (report / "index.html").read_text()
+    index = (report / "index.html").read_text(encoding="utf-8")
     images = re.findall(r'src="([^"]+)"', index)
     assert len(images) == 6 and all((report / name).is_file() for name in images)
     assert "1BA002" in index and "http" not in index  # opens from disk, no external assets
@@ -105,7 +105,7 @@ def test_one_case_matches_the_library_on_normalised_arrays(tree):
     result = invoke(tree / "pred" / "1BA001.nii.gz", "--target", case / "mr.nii.gz", "--mask",
                     case / "mask.nii.gz", "--ct", case / "ct.nii.gz", "--protocol", "synthrad", "-o", out)
     assert result.exit_code == 0, result.output
-    record = json.loads(out.read_text())["cases"][0]
+    record = json.loads(out.read_text(encoding="utf-8"))["cases"][0]
     assert record["case"] == "1BA001" and "paper_ssim" not in record
     mr = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "mr.nii.gz")))
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "mask.nii.gz"))) > 0
@@ -123,7 +123,7 @@ def test_a_perfect_prediction_scores_perfectly(tree):
     out = tree / "perfect.json"
     result = invoke(perfect, "--target", case / "mr.nii.gz", "--mask", case / "mask.nii.gz", "-o", out)
     assert result.exit_code == 0, result.output
-    record = json.loads(out.read_text())["cases"][0]
+    record = json.loads(out.read_text(encoding="utf-8"))["cases"][0]
     assert record["mae"] == 0 and record["psnr"] is None  # +inf is written as null (strict JSON)
     assert record["ssim"] == pytest.approx(1.0) and record["roughness_ratio"] == pytest.approx(1.0)
     assert record["paper_ssim"] == pytest.approx(100.0)
@@ -149,11 +149,11 @@ def test_missing_files_and_bad_options_are_one_line(tree):
 
 def test_existing_outputs_need_overwrite(tree):
     out = tree / "metrics.json"
-    out.write_text("{}")
+    out.write_text("{}", encoding="utf-8")
     line = one_line_error(invoke(tree / "pred", tree / "Task1", "-o", out), 3)
     assert "--overwrite" in line
     assert invoke(tree / "pred", tree / "Task1", "-o", out, "--overwrite").exit_code == 0
-    assert json.loads(out.read_text())["cases"]
+    assert json.loads(out.read_text(encoding="utf-8"))["cases"]
 
 
 def test_evaluate_arrays_is_the_python_entry_point():
@@ -187,7 +187,7 @@ def test_ct_predictions_are_scored_in_hu(tree):
     out = tree / "ct.json"
     result = invoke(tree / "sct", tree / "Task1", "--modality", "ct", "-o", out, "--report", tree / "r")
     assert result.exit_code == 0, result.output
-    metrics = json.loads(out.read_text())
+    metrics = json.loads(out.read_text(encoding="utf-8"))
     assert metrics["scale"] == {"low": -1024.0, "high": 3000.0}
     assert metrics["cases"][0]["mae"] == pytest.approx(10.0)
     assert metrics["cases"][0]["psnr"] == pytest.approx(10 * np.log10(4024**2 / 100), rel=1e-6)

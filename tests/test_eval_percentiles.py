@@ -56,7 +56,7 @@ def run_eval(case, *extra):
                                       str(case["folder"] / "mask.nii.gz"), "--protocol", "synthrad",
                                       "-o", str(out), *map(str, extra)])
     assert result.exit_code == 0, result.output
-    return json.loads(out.read_text())
+    return json.loads(out.read_text(encoding="utf-8"))
 
 
 def check_scored_with(metrics, case, percentiles):
@@ -93,7 +93,7 @@ def test_unusable_sources_are_one_line(case, content, problem):
     source = case["root"] / "elsewhere"
     source.mkdir()
     if content is not None:
-        (source / "recipe.yaml").write_text(content)
+        (source / "recipe.yaml").write_text(content, encoding="utf-8")
     result = CliRunner().invoke(app, ["eval", str(case["root"] / "pred.nii.gz"), "--target",
                                       str(case["folder"] / "mr.nii.gz"), "--mask",
                                       str(case["folder"] / "mask.nii.gz"), "--percentiles-from", str(source)])

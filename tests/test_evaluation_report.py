@@ -56,7 +56,7 @@ def test_report_files_and_links(tmp_path):
                "cases": [{"case": "1PA001", "ssim": 0.9, "psnr": float("inf")}],
                "summary": {"ssim": {"mean": 0.9, "std": None, "n": 1}, "psnr": {"mean": None, "std": None,
                                                                               "n": 0}}}
-    index = report.write_index(tmp_path, results).read_text()
+    index = report.write_index(tmp_path, results).read_text(encoding="utf-8")
     links = re.findall(r'(?:src|href)="([^"#]+)"', index)  # files, not the table's links to case headings
     assert sorted(links) == sorted(path.name for path in paths)
     assert "0.9" in index and "inf" in index

@@ -85,7 +85,7 @@ def test_stack_rows_are_the_slices_in_order(tmp_path):
 
 def test_index_structure(written_report):
     folder = written_report.parent
-    text = written_report.read_text()
+    text = written_report.read_text(encoding="utf-8")
     parser = Elements()
     parser.feed(text)
     tables = [enclosing for tag, _, enclosing in parser.found if tag == "table"]
@@ -140,11 +140,11 @@ window.addEventListener("load", () => {
 @pytest.mark.skipif(browser() is None, reason="no Chromium installed (" + ", ".join(BROWSERS) + ")")
 def test_viewer_in_headless_chromium(written_report):
     probe = written_report.with_name("probe.html")
-    probe.write_text(written_report.read_text().replace("</body>", PROBE))
+    probe.write_text(written_report.read_text(encoding="utf-8").replace("</body>", PROBE), encoding="utf-8")
     completed = subprocess.run([browser(), "--headless", "--no-sandbox", "--disable-gpu",
                                 "--allow-file-access-from-files", "--window-size=900,700",
                                 "--virtual-time-budget=3000", "--dump-dom", probe.as_uri()],
-                               capture_output=True, text=True, timeout=120)
+                               capture_output=True, encoding="utf-8", timeout=120)
     found = re.search(r'<pre id="probe">(.*?)</pre>', completed.stdout, re.S)
     assert found, completed.stderr[-2000:]
     result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))

@@ -55,7 +55,7 @@ def test_tiny_table_end_to_end(table2, tiny_tree, capsys):
 
 
 def check_rows_come_from_the_files_each_stage_wrote(table2, out):
-    table = json.loads((out / "table.json").read_text())
+    table = json.loads((out / "table.json").read_text(encoding="utf-8"))
     assert [row["key"] for row in table["rows"]] == [*BACKBONES, *CALIBRATION]
     assert table["plan"]["steps"] == 2 and table["plan"]["images"] == 4
     from diffma_cli.train.run_folder import load_run
@@ -65,8 +65,8 @@ def check_rows_come_from_the_files_each_stage_wrote(table2, out):
         # The files the row names, relative to the table's folder, are the ones it was read from.
         assert (out / row["files"]["metrics"]).resolve() == (folder / "metrics.json").resolve()
         assert (out / row["files"]["convert"]).resolve() == (folder / "convert.json").resolve()
-        metrics = json.loads((folder / "metrics.json").read_text())
-        converted = json.loads((folder / "convert.json").read_text())
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        converted = json.loads((folder / "convert.json").read_text(encoding="utf-8"))
         assert row["cases"] == len(metrics["cases"]) == 2
         for name, _, _ in table2.METRICS:
             assert row["metrics"][name] == metrics["summary"][name]
@@ -100,7 +100,7 @@ def check_rows_come_from_the_files_each_stage_wrote(table2, out):
 
 
 def check_markdown_cells_are_the_metrics_files_rounded(table2, out):
-    table = json.loads((out / "table.json").read_text())
+    table = json.loads((out / "table.json").read_text(encoding="utf-8"))
     text = (out / "table.md").read_text(encoding="utf-8")
     first_table = text.split("\n\n")[0]  # the paired-differences table follows after a blank line
     lines = [line for line in first_table.splitlines() if line.startswith("| ")]
@@ -109,7 +109,7 @@ def check_markdown_cells_are_the_metrics_files_rounded(table2, out):
     assert len(rows) == len(BACKBONES) + len(CALIBRATION)
     for line, row in zip(rows, table["rows"], strict=True):
         cells = [cell.strip() for cell in line.strip("|").split("|")]
-        metrics = json.loads((out / row["key"] / "metrics.json").read_text())["summary"]
+        metrics = json.loads((out / row["key"] / "metrics.json").read_text(encoding="utf-8"))["summary"]
         for cell, (name, _, decimals) in zip(cells[5:], table2.METRICS, strict=True):
             if row["key"] == "constant" and name == "pearson":
                 assert cell == "–"  # a constant has no correlation
@@ -125,7 +125,7 @@ def check_a_second_call_skips_finished_stages_and_redoes_a_missing_one(table2, a
                                                         out / "diffma-latent" / "metrics.json",
                                                         out / "dit" / "run" / "backbone.safetensors",
                                                         out / "dit" / "convert.json"]}
-    old_table = json.loads((out / "table.json").read_text())
+    old_table = json.loads((out / "table.json").read_text(encoding="utf-8"))
     (out / "dit" / "metrics.json").unlink()
     capsys.readouterr()
     assert table2.main(args) == 0
@@ -134,22 +134,23 @@ def check_a_second_call_skips_finished_stages_and_redoes_a_missing_one(table2, a
     assert "dit: conversion finished before, skipped" in printed
     assert "dit: scoring" in printed and "diffma-latent: scoring" not in printed
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in kept.items())
-    assert json.loads((out / "table.json").read_text()) == old_table  # the same predictions, the same scores
+    # the same predictions, the same scores:
+    assert json.loads((out / "table.json").read_text(encoding="utf-8")) == old_table
     # A different budget for the same folder would make rows incomparable: refused, exit 2.
     assert table2.main([*args[:-len(TINY) - 2], "--steps", "3", *TINY]) == 2
 
 
 def check_a_stopped_training_resumes_from_its_checkpoint(table2, args, out, capsys):
     run = out / "dit" / "run"
-    info = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps({**info, "finished": False}))
+    info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    (run / "run.json").write_text(json.dumps({**info, "finished": False}), encoding="utf-8")
     (run / "backbone.safetensors").unlink()
     for stage in ("convert.json", "metrics.json"):
         (out / "dit" / stage).unlink()
     capsys.readouterr()
     assert table2.main(args) == 0
     assert "dit: resuming DiT-B/2" in capsys.readouterr().out
-    resumed = json.loads((run / "run.json").read_text())
+    resumed = json.loads((run / "run.json").read_text(encoding="utf-8"))
     assert resumed["finished"] and resumed["steps"] == 2 and resumed["resumed"]
 
 
@@ -162,7 +163,7 @@ def test_a_time_budget_splits_the_minutes_by_the_probed_speeds(table2, tiny_tree
     plan = table2.plan_budget(args, tmp_path, recipe, list(speeds), tmp_path / "embedder")
     # 120 s shared so that both see the same images: images / 10 + images / 40 = 120 -> 960 images.
     assert plan["images"] == 960 and plan["steps"] == 480 and plan["global_batch_size"] == 2
-    assert json.loads((tmp_path / "plan.json").read_text())["steps"] == 480
+    assert json.loads((tmp_path / "plan.json").read_text(encoding="utf-8"))["steps"] == 480
     assert math.isclose(plan["images"] / speeds["diffma-latent"] + plan["images"] / speeds["dit"], 120)
 
 
@@ -177,13 +178,13 @@ def check_paired_differences_against_scipy(out):
     """The paired block: per-case differences to the constant row, their mean and scipy's paired t."""
     from scipy.stats import ttest_rel
 
-    table = json.loads((out / "table.json").read_text())
+    table = json.loads((out / "table.json").read_text(encoding="utf-8"))
     paired = table["paired"]
     assert paired["reference"] == "constant"
     assert set(paired["rows"]) == {row["key"] for row in table["rows"]} - {"constant"}
 
     def per_case(key):
-        cases = json.loads((out / key / "metrics.json").read_text())["cases"]
+        cases = json.loads((out / key / "metrics.json").read_text(encoding="utf-8"))["cases"]
         return {case["case"]: case for case in cases}
 
     reference = per_case("constant")
@@ -217,7 +218,7 @@ def _normalised_mr(folder):
 def check_calibration_rows_against_numpy(out, src, data):
     import SimpleITK as sitk
 
-    manifest = json.loads((data / "manifest.json").read_text())
+    manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
     cases = {folder.name: folder for folder in (src / "brain").iterdir() if folder.name.startswith("1B")}
     train = [_normalised_mr(cases[case]) for case in manifest["splits"]["train"]]
     constant = np.concatenate([mr[mask] for mr, mask, _ in train]).mean()
@@ -232,7 +233,7 @@ def check_calibration_rows_against_numpy(out, src, data):
         clean = sitk.GetArrayFromImage(sitk.ReadImage(str(cases[case] / "truth" / "mr_noise_free.nii.gz")))
         oracle = np.clip(2 * (clean[mask] - low) / (high - low) - 1, -1, 1)
         np.testing.assert_allclose(read("oracle")[mask], oracle, atol=1e-5)
-        oracle_metrics = json.loads((out / "oracle" / "metrics.json").read_text())
+        oracle_metrics = json.loads((out / "oracle" / "metrics.json").read_text(encoding="utf-8"))
         scored = {record["case"]: record for record in oracle_metrics["cases"]}
         expected_mae = np.abs(read("oracle")[mask].astype(np.float64) - reference[mask]).mean()
         assert scored[case]["mae"] == pytest.approx(expected_mae, rel=1e-5)

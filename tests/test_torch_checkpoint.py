@@ -175,7 +175,7 @@ def test_legacy_format_is_refused_clearly(tmp_path):
 
 def test_other_files_are_refused(tmp_path):
     text = tmp_path / "notes.pt"
-    text.write_text("not a checkpoint")
+    text.write_text("not a checkpoint", encoding="utf-8")
     with pytest.raises(InputError, match="not a PyTorch checkpoint"):
         read_torch_checkpoint(text)
     with pytest.raises(InputError, match="no such file"):

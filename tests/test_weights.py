@@ -129,7 +129,7 @@ def test_unknown_model_name_is_an_input_error_naming_the_file(tmp_path, tiny_reg
 
 def test_files_that_are_not_weights_are_refused(tmp_path):
     text = tmp_path / "notes.safetensors"
-    text.write_text("hello world, not weights")
+    text.write_text("hello world, not weights", encoding="utf-8")
     with pytest.raises(InputError, match="neither a diffma .safetensors"):
         load_model(text)
     with pytest.raises(InputError, match="no such file"):

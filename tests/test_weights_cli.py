@@ -106,8 +106,8 @@ def test_info_on_a_released_checkpoint_shows_what_it_holds():
 def test_info_on_a_run_folder_and_bad_paths(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "recipe.yaml").write_text("model:\n  name: DiffMa-B/2\ntrain:\n  epochs: 50\n")
-    (run / "run.json").write_text('{"kind": "embedder", "finished": true}')
+    (run / "recipe.yaml").write_text("model:\n  name: DiffMa-B/2\ntrain:\n  epochs: 50\n", encoding="utf-8")
+    (run / "run.json").write_text('{"kind": "embedder", "finished": true}', encoding="utf-8")
     assert _run("import-weights", BRAIN, "-o", run / "embedder.safetensors").exit_code == 0
     (run / "checkpoints" / "step-0000100").mkdir(parents=True)
     checkpoint_weights = run / "checkpoints" / "step-0000100" / "ema.safetensors"

@@ -47,7 +47,8 @@ def tiny_run(path: Path, direction: str = "ct->mr") -> Path:
     # run.json records the encoders as training does (their identities and the latent scale used).
     vae, clip = load_vae(recipe.encoders.vae), load_clip(recipe.encoders.clip)
     encoders = {"vae": vae.identity, "clip": clip.identity, "latent_scale": vae.scale}
-    (path / RUN_INFO).write_text(json.dumps({"kind": "diffusion", "finished": True, "encoders": encoders}))
+    (path / RUN_INFO).write_text(json.dumps({"kind": "diffusion", "finished": True, "encoders": encoders}),
+                                 encoding="utf-8")
     return path
 
 

@@ -92,7 +92,7 @@ def test_folder_input_resumes_and_stops_cleanly_on_a_bad_case(tmp_path, run_dir)
     write(ct_array(), source / "1BA001" / "ct.nii.gz")
     write((ct_array() > -500).astype(np.uint8), source / "1BA001" / "mask.nii.gz")
     (source / "overview").mkdir()
-    (source / "overview" / "notes.txt").write_text("ignored")
+    (source / "overview" / "notes.txt").write_text("ignored", encoding="utf-8")
     out = tmp_path / "pred"
     result = invoke(source, "-o", out, "--model", run_dir, "--device", "cpu", "--mask")
     assert result.exit_code == 0, result.output

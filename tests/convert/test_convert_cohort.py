@@ -65,7 +65,7 @@ def test_two_processes_share_a_folder_skip_finished_cases_and_write_one_summary(
                           timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("wrote 2 file(s)") == 1 and "skipped 1" in done.stdout  # only rank 0 speaks
-    summary = json.loads((out / SUMMARY).read_text())
+    summary = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
     assert summary["processes"] == 2 and summary["skipped"] == ["d"]
     assert sorted(summary["converted"]) == ["a", "b"]
     assert {case["process"] for case in summary["converted"].values()} == {0, 1}

@@ -179,8 +179,8 @@ def test_encoders_other_than_the_trained_ones_are_refused(tmp_path):
 
     run = tiny_run(tmp_path / "run")
     assert load_models(run, "cpu").vae.scale == pytest.approx(0.18215)  # recorded scale of the tiny VAE
-    info = json.loads((run / RUN_INFO).read_text())
+    info = json.loads((run / RUN_INFO).read_text(encoding="utf-8"))
     info["encoders"]["vae"]["weights_sha256"] = "0" * 64  # trained with another VAE
-    (run / RUN_INFO).write_text(json.dumps(info))
+    (run / RUN_INFO).write_text(json.dumps(info), encoding="utf-8")
     with pytest.raises(InputError, match="VAE named by the recipe"):
         load_models(run, "cpu")

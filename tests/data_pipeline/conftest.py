@@ -16,5 +16,5 @@ def tiny_tree(tmp_path) -> Path:
     for anatomy in ("brain", "pelvis"):
         (root / anatomy / "overview").mkdir()
         (root / anatomy / "overview" / f"1_{anatomy}_train.xlsx").write_bytes(b"not a volume")
-    (root / "brain" / "README.txt").write_text("ignored")
+    (root / "brain" / "README.txt").write_text("ignored", encoding="utf-8")
     return root

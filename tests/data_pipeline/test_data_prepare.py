@@ -40,7 +40,7 @@ def test_synth_writes_a_synthrad_tree(synthetic):
     brain = synthetic / "src" / "Task1" / "brain"
     assert sorted(p.name for p in brain.iterdir()) == ["1BA001", "1BA002", "1BB001", "1BB002", "1BC001",
                                                         "overview"]
-    assert (brain / "overview" / "1_brain_overview.csv").read_text().count("\n") == 6
+    assert (brain / "overview" / "1_brain_overview.csv").read_text(encoding="utf-8").count("\n") == 6
     ct = sitk.ReadImage(str(brain / "1BB001" / "ct.nii.gz"))
     assert ct.GetPixelID() == sitk.sitkInt16 and ct.GetSpacing() == (4.0, 4.0, 4.0)
 
@@ -159,7 +159,8 @@ def _put_nan(path):
     (lambda case: (case / "mask.nii.gz").unlink(), ("1BA002", "mask is missing")),
     (lambda case: _put_nan(case / "mr.nii.gz"), ("1BA002", "mr.nii.gz", "non-finite")),
     (lambda case: write_case(case, spacing=(1.0, 1.0, 1.0), mask_slices=slice(0, 0)), ("1BA002", "empty")),
-    (lambda case: (case / "ct.nii.gz").write_text("not an image"), ("1BA002", "ct.nii.gz cannot be read")),
+    (lambda case: (case / "ct.nii.gz").write_text("not an image", encoding="utf-8"),
+     ("1BA002", "ct.nii.gz cannot be read")),
 ])
 def test_bad_case_stops_with_one_line_and_nothing_written(tmp_path, damage, words):
     root = _tree(tmp_path)
@@ -179,7 +180,7 @@ def test_existing_output_and_bad_options_fail_cleanly(tmp_path):
     root = _tree(tmp_path)
     out = tmp_path / "data"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    (out / "keep.txt").write_text("mine", encoding="utf-8")
     result = _invoke("prepare", root, "-o", out)
     assert result.exit_code == 3 and "already exists" in result.stderr and (out / "keep.txt").exists()
     assert _invoke("prepare", root, "-o", out, "--overwrite").exit_code == 0
@@ -198,7 +199,8 @@ def test_split_file_and_mha_cases(tmp_path):
     for index in range(4):
         write_case(root / f"1PA00{index + 1}", suffix=".mha")
     split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": ["1PA001", "1PA002"], "val": ["1PA003"], "test": []}))
+    split.write_text(json.dumps({"train": ["1PA001", "1PA002"], "val": ["1PA003"], "test": []}),
+                     encoding="utf-8")
     out = tmp_path / "data"
     result = _invoke("prepare", tmp_path / "Task1", "-o", out, "--split-file", split)
     assert result.exit_code == 0, result.output
@@ -206,7 +208,7 @@ def test_split_file_and_mha_cases(tmp_path):
     assert manifest["splits"] == {"train": ["1PA001", "1PA002"], "val": ["1PA003"], "test": []}
     assert manifest["unassigned"] == ["1PA004"] and manifest["anatomy"] == "pelvis"
     assert manifest["cases"]["1PA001"]["slicing"]["slices"] == [1, 2, 3, 4]
-    split.write_text(json.dumps({"train": ["1PA009"]}))
+    split.write_text(json.dumps({"train": ["1PA009"]}), encoding="utf-8")
     fresh = tmp_path / "fresh"
     _assert_fails_cleanly(_invoke("prepare", root, "-o", fresh, "--split-file", split), fresh, 2, "1PA009")
 
@@ -222,7 +224,7 @@ def test_several_anatomies_need_a_choice(tiny_tree, tmp_path):
 def test_all_header_problems_are_counted_in_the_one_line(tmp_path):
     root = _tree(tmp_path)
     (root / "1BA001" / "mr.nii.gz").unlink()
-    (root / "1BA003" / "ct.nii.gz").write_text("not an image")
+    (root / "1BA003" / "ct.nii.gz").write_text("not an image", encoding="utf-8")
     out = tmp_path / "data"
     _assert_fails_cleanly(_invoke("prepare", root, "-o", out), out, 2,
                           "case 1BA001: mr is missing", "and 1 more bad case: 1BA003", "--skip-bad")

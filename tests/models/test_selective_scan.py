@@ -134,7 +134,7 @@ def test_importing_models_does_not_import_mamba_ssm():
         "import sys, diffma_cli.models, diffma_cli.models.ops.selective_scan; "
         "print('mamba_ssm' in sys.modules)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True)
     assert result.stdout.strip() == "False"
 
 

@@ -107,7 +107,8 @@ def tiny_run(path: Path) -> Path:
         save_model(create_model("embedder/2", input_size=LATENT, hidden_size=32), path / EMBEDDER)
     vae, clip = load_vae(recipe.encoders.vae), load_clip(recipe.encoders.clip)
     encoders = {"vae": vae.identity, "clip": clip.identity, "latent_scale": vae.scale}
-    (path / RUN_INFO).write_text(json.dumps({"kind": "diffusion", "finished": True, "encoders": encoders}))
+    (path / RUN_INFO).write_text(json.dumps({"kind": "diffusion", "finished": True, "encoders": encoders}),
+                                 encoding="utf-8")
     return path
 
 
@@ -118,8 +119,8 @@ def _broken_runs(run: Path, root: Path) -> dict[str, Path]:
 
     runs = {}
     unfinished = shutil.copytree(run, root / "unfinished")  # a resumed run killed mid-way: old weights
-    info = json.loads((unfinished / RUN_INFO).read_text())
-    (unfinished / RUN_INFO).write_text(json.dumps({**info, "finished": False}))
+    info = json.loads((unfinished / RUN_INFO).read_text(encoding="utf-8"))
+    (unfinished / RUN_INFO).write_text(json.dumps({**info, "finished": False}), encoding="utf-8")
     runs["unfinished"] = unfinished
     truncated = shutil.copytree(run, root / "truncated-weights")
     truncate(run / BACKBONE, truncated / BACKBONE)
@@ -164,7 +165,7 @@ def _bad_volumes(root: Path) -> dict[str, Path]:
         "empty mask": write(np.zeros(SHAPE, np.uint8), root / "empty_mask.nii.gz"),
         "other geometry": write(body().astype(np.uint8), root / "moved_mask.nii.gz", origin=(5.0, 0.0, 0.0)),
     }
-    volumes["text named .nii.gz"].write_text("patient notes, not an image\n")
+    volumes["text named .nii.gz"].write_text("patient notes, not an image\n", encoding="utf-8")
     return volumes
 
 
@@ -211,6 +212,6 @@ def _bad_weights(root: Path, run: Path) -> dict[str, Path]:
     weights["released .pt with unexpected keys"] = root / "unexpected_keys.pt"
     torch.save(checkpoint, weights["released .pt with unexpected keys"])
     weights["text named .pt"] = root / "notes.pt"
-    weights["text named .pt"].write_text("not a checkpoint\n")
+    weights["text named .pt"].write_text("not a checkpoint\n", encoding="utf-8")
     weights["truncated .pt"] = truncate(RELEASED_EMBEDDER, root / "truncated.pt")
     return weights

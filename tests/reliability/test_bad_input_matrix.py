@@ -61,16 +61,16 @@ def existing(name: str) -> Callable[[World, Path], None]:
     def make(world: World, out: Path) -> None:
         target = out / name
         if "." in name:
-            target.write_text("an earlier result\n")
+            target.write_text("an earlier result\n", encoding="utf-8")
         else:
             target.mkdir()
-            (target / "result.txt").write_text("an earlier result\n")
+            (target / "result.txt").write_text("an earlier result\n", encoding="utf-8")
     return make
 
 
 def blocker(world: World, out: Path) -> None:
     """Setup: a regular file `out/blocker`; paths under it cannot be created, not even by root."""
-    (out / "blocker").write_text("a file where a folder would have to be\n")
+    (out / "blocker").write_text("a file where a folder would have to be\n", encoding="utf-8")
 
 
 UNDER_A_FILE = ("blocker", "is a file, not a folder")  # the words of every "output folder not writable" line
@@ -316,7 +316,7 @@ def test_cases_covered_elsewhere_still_exist():
     """The tests COVERED_ELSEWHERE points to are still there (so this picture cannot go stale)."""
     for where in COVERED_ELSEWHERE.values():
         file, function = where.split("::")
-        tree = ast.parse((TESTS / file).read_text())
+        tree = ast.parse((TESTS / file).read_text(encoding="utf-8"))
         names = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
         assert function in names, where
 

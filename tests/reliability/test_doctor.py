@@ -20,11 +20,11 @@ def fake_hub_cache(root, hub_id: str, files: list[str]):
     repo = root / f"models--{hub_id.replace('/', '--')}"
     commit = "0" * 40
     (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
+    (repo / "refs" / "main").write_text(commit, encoding="utf-8")
     for name in files:
         path = repo / "snapshots" / commit / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("{}")
+        path.write_text("{}", encoding="utf-8")
     return root
 
 

@@ -88,12 +88,12 @@ def test_written_files_and_their_folder_are_flushed(tmp_path, monkeypatch):
     real_fsync = atomic.os.fsync
     monkeypatch.setattr(atomic.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
     with atomic_file(tmp_path / "a.txt") as temporary:
-        temporary.write_text("a")
+        temporary.write_text("a", encoding="utf-8")
     assert len(synced) == 2  # the file, then its folder after the rename
     synced.clear()
     with atomic_dir(tmp_path / "b") as temporary:
-        (temporary / "one").write_text("1")
-        (temporary / "two").write_text("2")
+        (temporary / "one").write_text("1", encoding="utf-8")
+        (temporary / "two").write_text("2", encoding="utf-8")
     assert len(synced) == 4  # two files, the new folder, its parent
 
 

@@ -46,10 +46,12 @@ def kill_when(process: subprocess.Popen, ready, log: Path, timeout: float = 120.
     deadline = time.monotonic() + timeout
     while not ready():
         if process.poll() is not None:
-            pytest.fail(f"finished (exit {process.returncode}) before it could be killed:\n{log.read_text()}")
+            printed = log.read_text(encoding="utf-8")
+            pytest.fail(f"finished (exit {process.returncode}) before it could be killed:\n{printed}")
         if time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"never got to the point of the kill:\n{log.read_text()}")
+            printed = log.read_text(encoding="utf-8")
+            pytest.fail(f"never got to the point of the kill:\n{printed}")
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=30) == -signal.SIGKILL
@@ -81,8 +83,8 @@ def test_killed_prepare_leaves_no_data_folder_and_runs_again(world: World, tmp_p
     assert "no such data folder" in line
     result = invoke("prepare", world.trees["good"], "-o", out, "--split", "0.34,0.33,0.33")
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "manifest.json").read_text())["slice_counts"] == \
-        json.loads((world.data / "manifest.json").read_text())["slice_counts"]
+    assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["slice_counts"] == \
+        json.loads((world.data / "manifest.json").read_text(encoding="utf-8"))["slice_counts"]
 
 
 def test_killed_folder_convert_keeps_finished_cases_and_resumes(world: World, tmp_path):
@@ -116,7 +118,7 @@ def test_killed_one_volume_convert_writes_nothing(world: World, tmp_path):
     log = tmp_path / "convert.log"
     process = start(["convert", world.ct, "-o", out, "--model", world.run, "--device", "cpu", "--steps", 400],
                     log)
-    kill_when(process, lambda: "sampling slices" in log.read_text(errors="replace"), log)
+    kill_when(process, lambda: "sampling slices" in log.read_text(errors="replace", encoding="utf-8"), log)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["convert.log"]
 
 
@@ -129,7 +131,7 @@ def test_killed_training_is_refused_until_resumed_to_the_uninterrupted_weights(w
     kill_when(process, lambda: (killed / "checkpoints" / "step-0000004").is_dir(), log)
 
     # The killed run is not mistaken for a finished one.
-    assert not json.loads((killed / "run.json").read_text())["finished"]
+    assert not json.loads((killed / "run.json").read_text(encoding="utf-8"))["finished"]
     info = invoke("info", killed)
     assert info.exit_code == 0 and "status: UNFINISHED" in info.stdout, info.output
     line = one_error_line(invoke("convert", world.ct, "-o", tmp_path / "mr.nii.gz", "--model", killed,
@@ -145,7 +147,8 @@ def test_killed_training_is_refused_until_resumed_to_the_uninterrupted_weights(w
     first, second = (load_file(str(run / "backbone.safetensors")) for run in (whole, killed))
     assert first.keys() == second.keys()
     assert all(np.array_equal(first[key].numpy(), second[key].numpy()) for key in first)
-    steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()]
+    log_lines = (killed / "log.jsonl").read_text(encoding="utf-8").splitlines()
+    steps = [json.loads(line)["step"] for line in log_lines]
     assert steps == list(range(1, 13))  # the log repeats no step and misses none
     assert invoke("convert", world.ct, "-o", tmp_path / "mr.nii.gz", "--model", killed, "--device", "cpu",
                   "--steps", 1).exit_code == 0

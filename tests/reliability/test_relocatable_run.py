@@ -25,9 +25,9 @@ def run_with_local_vae(world: World, root):
     run = shutil.copytree(world.run, project / "run")
     recipe = apply_overrides(load_recipe(run / run_folder.RECIPE), {"encoders.vae": str(project / "vae")})
     run_folder.save_run_recipe(recipe, run)
-    info = json.loads((run / run_folder.RUN_INFO).read_text())
+    info = json.loads((run / run_folder.RUN_INFO).read_text(encoding="utf-8"))
     info["encoder_paths"] = run_folder.local_encoder_paths(recipe)
-    (run / run_folder.RUN_INFO).write_text(json.dumps(info))
+    (run / run_folder.RUN_INFO).write_text(json.dumps(info), encoding="utf-8")
     return project, run
 
 
@@ -38,7 +38,7 @@ def convert(world: World, run, out):
 
 def test_the_recipe_names_local_encoders_relative_to_the_run(world: World, tmp_path):
     project, run = run_with_local_vae(world, tmp_path)
-    saved = yaml.safe_load((run / run_folder.RECIPE).read_text())["encoders"]
+    saved = yaml.safe_load((run / run_folder.RECIPE).read_text(encoding="utf-8"))["encoders"]
     hub_or_tiny = load_recipe(world.run / run_folder.RECIPE).encoders.clip
     assert saved["vae"] == "../vae" and saved["clip"] == hub_or_tiny
     assert run_folder.read_run_recipe(run).encoders.vae == str((project / "vae").resolve())
@@ -53,9 +53,9 @@ def test_a_moved_or_copied_run_converts_from_any_directory(world: World, tmp_pat
     moved = shutil.move(str(project), tmp_path / "moved")  # the project moved as a whole: relative paths
     assert convert(world, f"{moved}/run", tmp_path / "b.nii.gz").exit_code == 0
     copied = shutil.copytree(f"{moved}/run", tmp_path / "copy" / "run")  # the run alone: recorded path...
-    info = json.loads((copied / run_folder.RUN_INFO).read_text())
+    info = json.loads((copied / run_folder.RUN_INFO).read_text(encoding="utf-8"))
     info["encoder_paths"]["vae"] = str(tmp_path / "moved" / "vae")  # ...as the run.json of that place says
-    (copied / run_folder.RUN_INFO).write_text(json.dumps(info))
+    (copied / run_folder.RUN_INFO).write_text(json.dumps(info), encoding="utf-8")
     result = convert(world, copied, tmp_path / "c.nii.gz")
     assert result.exit_code == 0, result.output
     shutil.rmtree(tmp_path / "moved" / "vae")

@@ -14,14 +14,15 @@ def test_sigterm_during_training_says_how_to_resume(world: World, tmp_path):
     process = start(["train", world.data, "-o", out, "--embedder", world.embedder, *TRAIN], log)
     deadline = time.monotonic() + 120
     while not (out / "checkpoints" / "step-0000004").is_dir():
-        assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
+        assert process.poll() is None, log.read_text(encoding="utf-8")
+        assert time.monotonic() < deadline, log.read_text(encoding="utf-8")
         time.sleep(0.005)
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 143, log.read_text()
+    assert process.wait(timeout=60) == 143, log.read_text(encoding="utf-8")
     last = log.read_text(encoding="utf-8").rstrip("\n").split("\n")[-1]  # "\n" only: a glued bar shows "\r"
     assert last == ("diffma: terminated (SIGTERM) (run the same command with --resume to continue from the "
                     "last checkpoint)"), repr(last)
-    assert not partials(tmp_path) and json.loads((out / "run.json").read_text())["finished"] is False
+    assert not partials(tmp_path)
+    assert json.loads((out / "run.json").read_text(encoding="utf-8"))["finished"] is False
     # (that --resume then continues exactly is test_kill.py's test)
     assert invoke("info", out).exit_code == 0

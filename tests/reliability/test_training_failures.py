@@ -77,9 +77,9 @@ def test_a_diverging_run_fails_and_stays_unfinished(world: World, tmp_path):
     assert result.exit_code == 2, result.output
     assert "training diverged: 4 of 4 steps were non-finite" in last_line(result)
     assert "warning: 2 of the last 2 steps had a non-finite loss" in result.stderr
-    info = json.loads((out / "run.json").read_text())
+    info = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert info["finished"] is False and not (out / "embedder.safetensors").exists()
-    lines = (out / LOG).read_text().splitlines()
+    lines = (out / LOG).read_text(encoding="utf-8").splitlines()
     records = [json.loads(line, parse_constant=lambda name: pytest.fail(f"bare {name} in log.jsonl"))
                for line in lines]
     assert [record["loss"] for record in records] == [None, None]
@@ -105,7 +105,8 @@ def test_skipped_steps_count_against_a_half_and_a_streak():
 
 def test_log_lines_hold_null_for_non_finite_numbers(tmp_path):
     append_record(tmp_path, {"step": 1, "loss": math.nan, "nested": {"x": [math.inf, 2.0]}})
-    assert json.loads((tmp_path / LOG).read_text()) == {"step": 1, "loss": None, "nested": {"x": [None, 2.0]}}
+    record = json.loads((tmp_path / LOG).read_text(encoding="utf-8"))
+    assert record == {"step": 1, "loss": None, "nested": {"x": [None, 2.0]}}
 
 
 def test_resume_refuses_another_model_size(world: World, tmp_path):

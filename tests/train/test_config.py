@@ -103,15 +103,15 @@ def test_bad_overrides_name_the_key_and_the_valid_choices(override, message):
 
 def test_bad_recipe_files_name_the_file_and_the_key(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text("training:\n  lr: 1e-4\n  epoch: 3\n")
+    path.write_text("training:\n  lr: 1e-4\n  epoch: 3\n", encoding="utf-8")
     with pytest.raises(InputError) as error:
         load_recipe(path)
     assert str(path) in str(error.value) and "unknown recipe key training.epoch" in str(error.value)
-    path.write_text("training: [1, 2\n")
+    path.write_text("training: [1, 2\n", encoding="utf-8")
     with pytest.raises(InputError, match="not valid YAML"):
         load_recipe(path)
     with pytest.raises(InputError, match="no such recipe file"):
         load_recipe(tmp_path / "missing.yaml")
     # A partial recipe takes the defaults for the rest; "1e-4" (a string in YAML 1.1) is read as a float.
-    path.write_text("training:\n  lr: 1e-4\n")
+    path.write_text("training:\n  lr: 1e-4\n", encoding="utf-8")
     assert load_recipe(path).training.lr == 1e-4

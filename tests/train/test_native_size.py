@@ -34,7 +34,7 @@ def test_a_64_pixel_run_from_prepare_to_convert(tmp_path):
     result = invoke("prepare", tmp_path / "synth" / "Task1", "-o", data, "--split", "0.34,0.33,0.33",
                     "--image-size", SIZE)
     assert result.exit_code == 0, result.output
-    manifest = json.loads((data / "manifest.json").read_text())
+    manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["options"]["size"] == SIZE
     case = next(iter(manifest["cases"].values()))
     assert np.load(data / case["files"]["ct"]).shape[1:] == (SIZE, SIZE)

@@ -61,7 +61,7 @@ def test_train_writes_a_run_folder_that_load_run_reads(prepared_data, embedder_r
     # --resume takes the run's recipe and embedder; more steps continue where it stopped.
     more = invoke("train", prepared_data, "-o", run, "--resume", "--steps", "3", "--device", "cpu")
     assert more.exit_code == 0, more.output
-    assert json.loads((run / "run.json").read_text())["steps"] == 3
+    assert json.loads((run / "run.json").read_text(encoding="utf-8"))["steps"] == 3
     assert [r["step"] for r in run_log.read_records(run)][-1] == 3
     # Resuming with another embedder than the run's own copy is refused.
     other = tmp_path / "other-embedder"
@@ -138,7 +138,7 @@ def test_errors_before_training(prepared_data, embedder_run, tmp_path):
     assert wrong_patch.exit_code == 2 and "does not fit DiffMa-S/4" in wrong_patch.output
     assert not (tmp_path / "d").exists()  # a failed start leaves no run folder behind
     (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    (tmp_path / "mine" / "notes.txt").write_text("keep me", encoding="utf-8")
     foreign = invoke("train", prepared_data, "-o", tmp_path / "mine", "--overwrite", "--embedder",
                      embedder_run, *TRAIN_ARGS)
     assert foreign.exit_code == 3 and (tmp_path / "mine" / "notes.txt").exists()
@@ -153,7 +153,7 @@ def test_train_vae_command_reports_psnr_and_scale(prepared_data, tmp_path):
                     "2", "--set", "vae.block_out_channels=[8, 8, 16, 16]", "--set", "vae.norm_num_groups=4",
                     "--device", "cpu")
     assert result.exit_code == 0, result.output
-    info = json.loads((out / "run.json").read_text())
+    info = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert f"CT {info['val_psnr_db']['ct']:.2f} dB" in result.output
     assert f"--set encoders.vae={out}" in result.output
     assert (out / "config.json").is_file() and (out / "diffusion_pytorch_model.safetensors").is_file()
@@ -170,13 +170,13 @@ def test_torchrun_with_two_processes_trains_like_one(prepared_data, tmp_path):
             *EMBEDDER_ARGS]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "diffma_cli", *[str(a) for a in args], "-o", str(tmp_path / "two")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+    done = subprocess.run(command, capture_output=True, encoding="utf-8", timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("wrote ") == 1  # only rank 0 speaks
     one = invoke(*args, "-o", tmp_path / "one")
     assert one.exit_code == 0, one.output
-    info = json.loads((tmp_path / "two" / "run.json").read_text())
+    info = json.loads((tmp_path / "two" / "run.json").read_text(encoding="utf-8"))
     assert info["world_size"] == 2 and info["finished"]
     two_losses = [r["loss"] for r in run_log.read_records(tmp_path / "two")]
     one_losses = [r["loss"] for r in run_log.read_records(tmp_path / "one")]

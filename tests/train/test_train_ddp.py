@@ -41,7 +41,8 @@ def _worker(rank, world_size, port, root):
                           root / "ddp-accumulated", where, progress=False)
     (root / f"rank{rank}.json").write_text(json.dumps({"regression": _as_json(regression),
                                                        "embedder": _as_json(embedder),
-                                                       "accumulated": _as_json(accumulated)}))
+                                                       "accumulated": _as_json(accumulated)}),
+                                           encoding="utf-8")
 
 
 def _close(weights, reference, tolerance):
@@ -56,7 +57,7 @@ def test_two_processes_match_one_process(tmp_path):
         embedder = fit(embedder_task(), latent_settings(epochs=2), tmp_path / "embedder", where,
                        progress=False)
     mp.spawn(_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text(encoding="utf-8")) for r in range(2)]
 
     # Regression (3 epochs x 3 global batches of 8): each rank takes 4 of every 8, DistributedSampler style.
     assert ranks[0]["regression"]["losses"] == ranks[1]["regression"]["losses"]  # the global mean everywhere

@@ -56,7 +56,7 @@ def test_train_vae_writes_a_diffusers_folder_with_val_psnr(tmp_path, monkeypatch
 
     from diffma_cli.models.vae import load_vae
 
-    info = json.loads((out / "run.json").read_text())
+    info = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert info["kind"] == "vae" and info["finished"] and info["steps"] == 6
     vae = AutoencoderKL.from_pretrained(out, local_files_only=True)
     assert vae.config.latent_channels == 4 and len(vae.config.block_out_channels) == 4
@@ -66,7 +66,7 @@ def test_train_vae_writes_a_diffusers_folder_with_val_psnr(tmp_path, monkeypatch
     # The VAE loader of the encoders takes the folder, with the measured scale.
     frozen = load_vae(str(out), offline=True)
     assert frozen.scale == pytest.approx(info["scaling_factor"])
-    lines = (out / "log.jsonl").read_text().splitlines()
+    lines = (out / "log.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["step"] for line in lines] == [2, 4, 6]
 
     with pytest.raises(OutputError, match="already exists"):
