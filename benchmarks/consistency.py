@@ -58,12 +58,12 @@ def score_case(case, models, settings: dict, args) -> list[dict]:
     """One row per setting: metrics of this case's conversion with it."""
     import SimpleITK as sitk
 
-    from diffma_cli.convert import convert_volume
+    from diffma_cli.convert import SamplingOptions, convert_volume
     from diffma_cli.evaluation.evaluate import evaluate_arrays
     from diffma_cli.evaluation.scales import normalise_reference
     from diffma_cli.io.volumes import read_volume
 
-    source, target = models.direction.split("->")
+    source, target = models.recipe.data.source, models.recipe.data.target
     image, mask_image = read_volume(case.path(source)), read_volume(case.mask)
     mask = sitk.GetArrayFromImage(mask_image) > 0
     reference = sitk.GetArrayFromImage(read_volume(case.path(target))).astype(np.float32)
@@ -71,9 +71,9 @@ def score_case(case, models, settings: dict, args) -> list[dict]:
     rows = []
     for name, options in settings.items():
         options = {"sampler": args.sampler, "steps": args.steps, **BASE, **options}
+        sampling = SamplingOptions(seed=args.seed, batch_size=args.batch_size, **options)
         began = time.perf_counter()
-        generated, _ = convert_volume(image, models, body_mask=mask_image, seed=args.seed, progress=False,
-                                      batch_size=args.batch_size, **options)
+        generated, _ = convert_volume(image, models, sampling, body_mask=mask_image, progress=False)
         seconds = time.perf_counter() - began
         metrics = evaluate_arrays(sitk.GetArrayFromImage(generated), reference, mask, modality=target)
         rows.append({"case": case.id, "setting": name, **options, **metrics, "seconds": seconds})

@@ -16,9 +16,10 @@ per block, docs/reference.md §7) and BiomedCLIP's visual tower (timm ViT-B/16 +
 Random weights cost the same time as trained ones. `--tiny`: tiny VAE/CLIP stand-ins and a one-block
 DiffMa-S/7, for a CPU smoke test of this script.
 
-Stages come from `StageClock` (CUDA events around each call, summed): prepare (input check, body mask,
-normalisation, slicing; CPU), vae (encode + decode), clip, embedder, backbone (network evaluations only),
-finish (undoing the slicing, mean/std; CPU); "rest" = total - stages (scheduler arithmetic, copies).
+Stages come from `diffma_cli.profiling.StageTimer` observing the pipeline's stages (CUDA events around
+each call, summed): prepare (input check, body mask, normalisation, slicing; CPU), vae (encode + decode),
+clip, embedder, backbone (network evaluations only), finish (undoing the slicing, mean/std; CPU);
+"rest" = total - stages (scheduler arithmetic, copies).
 One warm-up conversion of a few slices runs first (cuDNN autotuning, mamba-ssm kernels load).
 """
 
@@ -44,9 +45,9 @@ def build_models(args, device: torch.device):
 
     from diffma_cli.config import apply_overrides, load_recipe
     from diffma_cli.convert import ConversionModels
+    from diffma_cli.encoders.clip import BIOMEDCLIP_VISION, ClipVisual, FrozenClip, load_clip
+    from diffma_cli.encoders.vae import FrozenVAE, load_vae
     from diffma_cli.models import create_model
-    from diffma_cli.models.clip import BIOMEDCLIP_VISION, ClipVisual, FrozenClip, load_clip
-    from diffma_cli.models.vae import FrozenVAE, load_vae
 
     torch.manual_seed(0)
     if args.tiny:
@@ -81,16 +82,18 @@ def synchronize(device: torch.device) -> None:
 
 def run_once(models, ct: np.ndarray, *, steps, batch_size, args):
     """(total seconds, {stage: seconds}) of one conversion of the CT array (1 mm voxels)."""
-    from diffma_cli.convert import StageClock, convert_array, sampling_options
+    from diffma_cli.convert import SamplingOptions, convert_array
+    from diffma_cli.profiling import StageTimer, observe_stages
 
-    options = sampling_options(models.recipe, sampler=args.sampler, steps=steps, batch_size=batch_size,
-                               seed=0, noise=args.noise)
-    clock = StageClock(models.device)
+    options = SamplingOptions(sampler=args.sampler, steps=steps, batch_size=batch_size, seed=0,
+                              noise=args.noise)
+    timer = StageTimer(models.device)
     synchronize(models.device)
     began = time.perf_counter()
-    convert_array(ct, (1.0, 1.0, 1.0), models, options=options, progress=False, clock=clock)
+    with observe_stages(timer):
+        convert_array(ct, (1.0, 1.0, 1.0), models, options, progress=False)
     synchronize(models.device)
-    return time.perf_counter() - began, clock.seconds()
+    return time.perf_counter() - began, timer.seconds()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny stand-ins: a CPU smoke test of the script")
     args = parser.parse_args(argv)
 
+    from diffma_cli.devices import resolve_device
     from diffma_cli.models.ops.selective_scan import resolve_backend
-    from diffma_cli.train.distributed import resolve_device
 
     device = resolve_device(args.device)
     if device.type != "cuda" and not args.tiny:

@@ -4,7 +4,8 @@ one training budget, converted and scored on the test split, read against trivia
 
     python3 benchmarks/table2.py DATA SRC -o OUT [--backbones diffma-latent,dit] [--recipe brain]
         [--set key=value ...] [--steps N | --images N | --train-minutes M] [--embedder RUN]
-        [--sampler dpm] [--sample-steps 25] [--samples K [--samples-of KEY]] [--calibration ...]
+        [--sampler dpm] [--sample-steps 25] [--samples K [--samples-of KEY]] [--tta-of KEY,...]
+        [--ensemble KEY+KEY] [--calibration ...]
         [--device auto]
 
 DATA is a `diffma prepare` folder, SRC the SynthRAD Task 1 tree it was prepared from (the test split's CT,
@@ -17,7 +18,9 @@ MR and mask volumes are read from there). For every chosen backbone (ENTRIES) th
 3. scores the predictions with `evaluate_cases` (SynthRAD2023 protocol on the normalised MR scale and the
    paper's per-slice protocol) into OUT/<key>/metrics.json (+ metrics.csv).
 
-With --samples K, the --samples-of rows are also converted as the mean of K samples (OUT/<key>-mean<K>).
+With --samples K, the --samples-of rows are also converted as the mean of K samples (OUT/<key>-mean<K>);
+the --tta-of rows also with the left-right mirror image averaged in (OUT/<key>-tta, `convert --tta flip`);
+--ensemble A+B adds the mean of the trained rows A and B (OUT/ensemble-A+B, `convert --model A --model B`).
 The calibration rows (CALIBRATION, `diffma_cli.evaluation.calibration`) are written as volumes and scored
 the same way: a constant (the training cases' mean MR inside the mask), another test patient's MR, the
 per-case affine CT->MR map fitted on the case's own MR, the phantom's noise-free MR (oracle; data from
@@ -83,6 +86,8 @@ METRICS = (("mae", "MAE", 4), ("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 4), ("p
            ("paper_mse", "paper MSE", 1))
 PLAN, TABLE_JSON, TABLE_MD = "plan.json", "table.json", "table.md"
 RUN, PREDICTIONS, CONVERT, METRICS_FILE = "run", "predictions", "convert.json", "metrics.json"
+# Rows that combine trained rows: "<entry>-tta" (with the mirror image) and "ensemble-A+B".
+TTA_SUFFIX, ENSEMBLE_PREFIX = "-tta", "ensemble-"
 # About ten checkpoints per training, so that an interrupted run loses at most a tenth of its steps.
 CHECKPOINTS_PER_RUN = 10
 
@@ -112,6 +117,10 @@ def choose_entries(text: str) -> list[str]:
         raise InputError(f"unknown backbone {unknown[0] if unknown else text!r}",
                          hint=f"choose from: {', '.join(ENTRIES)}")
     return keys
+
+
+def choose_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def test_cases(data: Path, src: Path) -> list:
@@ -225,7 +234,7 @@ def resumable(run: Path) -> bool:
 
 
 def finished_run(run: Path) -> bool:
-    from diffma_cli.train.run_folder import BACKBONE, RUN_INFO
+    from diffma_cli.runs import BACKBONE, RUN_INFO
 
     if not (run / RUN_INFO).is_file():
         return False
@@ -235,8 +244,8 @@ def finished_run(run: Path) -> bool:
 
 def ensure_embedder(args, out: Path, recipe) -> Path:
     """--embedder as given, else OUT/embedder trained once (continued if it was interrupted)."""
+    from diffma_cli.runs import EMBEDDER
     from diffma_cli.train.api import train_embedder
-    from diffma_cli.train.run_folder import EMBEDDER
 
     if args.embedder is not None:
         return args.embedder
@@ -265,10 +274,12 @@ def train_entry(args, folder: Path, recipe, embedder: Path) -> Path:
     return run
 
 
-def convert_entry(args, folder: Path, run: Path, cases: list, samples: int = 1) -> None:
-    """Every test CT -> OUT/<key>/predictions/<case>.nii.gz (the mean of `samples` samples); convert.json
-    with parameters and seconds."""
-    from diffma_cli.convert import convert_volume, load_models
+def convert_entry(args, folder: Path, runs: list[Path], cases: list, samples: int = 1,
+                  tta: str = "none") -> None:
+    """Every test CT -> OUT/<key>/predictions/<case>.nii.gz: the mean over the runs (an ensemble when more
+    than one), `samples` samples and, with tta "flip", the mirror image; convert.json with parameters and
+    seconds."""
+    from diffma_cli.convert import SamplingOptions, convert_volume, load_models
     from diffma_cli.io.atomic import atomic_dir
     from diffma_cli.io.volumes import read_volume, write_volume
 
@@ -276,8 +287,9 @@ def convert_entry(args, folder: Path, run: Path, cases: list, samples: int = 1) 
         say(f"{folder.name}: conversion finished before, skipped")
         return
     say(f"{folder.name}: converting {len(cases)} test volume(s)")
-    models = load_models(run, args.device)
-    warm_up(args, models, cases[0])
+    ensemble = [load_models(run, args.device) for run in runs]
+    for models in ensemble:
+        warm_up(args, models, cases[0])
     seconds = {}
     with atomic_dir(folder / PREDICTIONS, overwrite=True) as predictions:
         for case in cases:
@@ -286,17 +298,19 @@ def convert_entry(args, folder: Path, run: Path, cases: list, samples: int = 1) 
             # The output arrives as a SimpleITK image built from a NumPy array: the GPU work is done.
             # smooth_z=0: the rows score each backbone as published, without convert's default through-plane
             # filter (docs/consistency.md), which would flatter every row alike.
-            generated, _ = convert_volume(ct, models, body_mask=body, sampler=args.sampler,
-                                          steps=args.sample_steps, smooth_z=0.0, samples=samples,
-                                          progress=not args.quiet, source=case.ct)
+            options = SamplingOptions(sampler=args.sampler, steps=args.sample_steps, smooth_z=0.0,
+                                      samples=samples, tta=tta)
+            generated, _ = convert_volume(ct, ensemble, options, body_mask=body, progress=not args.quiet,
+                                          source=case.ct)
             seconds[case.id] = time.perf_counter() - began
             write_volume(generated, predictions / f"{case.id}.nii.gz")
-    parameters = sum(parameter.numel() for parameter in models.backbone.parameters())
+    parameters = sum(parameter.numel() for models in ensemble for parameter in models.backbone.parameters())
+    first = ensemble[0]
     write_json(folder / CONVERT, {
-        "parameters": parameters, "seconds_per_volume": seconds, "device": str(models.device),
-        "samples": samples, "run": str(run.relative_to(folder.parent)),
-        "sampler": args.sampler or models.recipe.sampling.sampler,
-        "steps": args.sample_steps or models.recipe.sampling.steps}, overwrite=True)
+        "parameters": parameters, "seconds_per_volume": seconds, "device": str(first.device),
+        "samples": samples, "tta": tta, "runs": [str(run.relative_to(folder.parent)) for run in runs],
+        "sampler": args.sampler or first.recipe.sampling.sampler,
+        "steps": args.sample_steps or first.recipe.sampling.steps}, overwrite=True)
 
 
 def warm_up(args, models, case) -> None:
@@ -305,16 +319,16 @@ def warm_up(args, models, case) -> None:
     import numpy as np
     import SimpleITK as sitk
 
-    from diffma_cli.convert import convert_volume
+    from diffma_cli.convert import SamplingOptions, convert_volume
     from diffma_cli.io.volumes import read_volume
 
     ct, body = read_volume(case.ct), read_volume(case.mask)
     z = np.flatnonzero(sitk.GetArrayFromImage(body).any(axis=(1, 2)))
     count = min(len(z), models.recipe.sampling.batch_size)
     start = int(z[len(z) // 2 - count // 2])
-    convert_volume(ct[:, :, start:start + count], models, body_mask=body[:, :, start:start + count],
-                   sampler=args.sampler, steps=args.sample_steps, smooth_z=0.0, progress=False,
-                   source=case.ct)
+    options = SamplingOptions(sampler=args.sampler, steps=args.sample_steps, smooth_z=0.0)
+    convert_volume(ct[:, :, start:start + count], models, options, body_mask=body[:, :, start:start + count],
+                   progress=False, source=case.ct)
 
 
 def evaluate_entry(args, folder: Path) -> None:
@@ -443,18 +457,23 @@ def table_row(out: Path, key: str) -> dict:
 
 
 def row_label(out: Path, key: str) -> str:
-    """The row's label: CALIBRATION's, or ENTRIES' (with the condition for a baseline, and the sample count
-    for a mean-of-K row, key "<entry>-mean<K>")."""
+    """The row's label: CALIBRATION's, or ENTRIES' (with the condition for a baseline, the sample count for a
+    mean-of-K row "<entry>-mean<K>", the mirror image for "<entry>-tta", the members of "ensemble-A+B")."""
     if key in CALIBRATION:
         return CALIBRATION[key]
+    if key.startswith(ENSEMBLE_PREFIX):
+        members = key.removeprefix(ENSEMBLE_PREFIX).split("+")
+        return "ensemble (mean) of " + " and ".join(row_label(out, member) for member in members)
     entry, _, samples = key.partition("-mean")
+    tta = entry.endswith(TTA_SUFFIX)
+    entry = entry.removesuffix(TTA_SUFFIX)
     label = ENTRIES[entry][0]
     if not entry.startswith("diffma"):
         from diffma_cli.config import load_recipe
 
-        run = out / (entry if samples else key) / RUN
-        label += f", {load_recipe(run / 'recipe.yaml').model.condition}"
-    return label + (f", mean of {samples} samples" if samples else "")
+        label += f", {load_recipe(out / entry / RUN / 'recipe.yaml').model.condition}"
+    return label + (f", mean of {samples} samples" if samples else "") + (
+        ", left-right flip TTA" if tta else "")
 
 
 # The row every other is compared with case by case: the constant predictor (a model must beat it to
@@ -583,6 +602,11 @@ def parse_args(argv: list[str] | None):
                         help="also score the mean of K samples of the --samples-of rows (rows <key>-mean<K>)")
     parser.add_argument("--samples-of", default="",
                         help="comma-separated rows for --samples (default: the first backbone)")
+    parser.add_argument("--tta-of", default="",
+                        help="comma-separated rows also converted with the left-right mirror image averaged "
+                             "in (rows <key>-tta)")
+    parser.add_argument("--ensemble", default="",
+                        help="A+B[+...]: also score the mean of these trained rows (row ensemble-A+B)")
     parser.add_argument("--calibration", default=",".join(CALIBRATION),
                         help=f"calibration rows, a subset of: {', '.join(CALIBRATION)} (the oracle needs "
                              "`diffma synth` data; default: all the data allow)")
@@ -615,19 +639,32 @@ def run(args) -> dict:
         plan = plan_budget(args, out, recipe, keys, embedder)
     else:
         plan = None
+    members = [member for member in args.ensemble.split("+") if member]
+    if members and not set(members) <= set(keys):
+        raise SystemExit(f"table2: --ensemble {args.ensemble}: every member must be one of --backbones")
     rows = []
     for number, key in enumerate(keys, 1):
         say(f"[{number}/{len(keys)}] {key}: {ENTRIES[key][0]}")
         folder = out / key
         run_dir = train_entry(args, folder, entry_recipe(recipe, key, plan["steps"]), embedder)
-        convert_entry(args, folder, run_dir, cases)
+        convert_entry(args, folder, [run_dir], cases)
         evaluate_entry(args, folder)
         rows.append(key)
         if args.samples > 1 and key in (args.samples_of.split(",") if args.samples_of else keys[:1]):
             averaged = out / f"{key}-mean{args.samples}"
-            convert_entry(args, averaged, run_dir, cases, samples=args.samples)
+            convert_entry(args, averaged, [run_dir], cases, samples=args.samples)
             evaluate_entry(args, averaged)
             rows.append(averaged.name)
+        if key in choose_list(args.tta_of):
+            flipped = out / f"{key}{TTA_SUFFIX}"
+            convert_entry(args, flipped, [run_dir], cases, tta="flip")
+            evaluate_entry(args, flipped)
+            rows.append(flipped.name)
+        if members and key == [member for member in keys if member in members][-1]:  # all members trained
+            combined = out / f"{ENSEMBLE_PREFIX}{'+'.join(members)}"
+            convert_entry(args, combined, [out / member / RUN for member in members], cases)
+            evaluate_entry(args, combined)
+            rows.append(combined.name)
         if number == 1 and "vae-ceiling" in calibration:  # every row shares the recipe's VAE
             calibration_entry(args, out, "vae-ceiling", cases, tuple(window), run_dir)
             evaluate_entry(args, out / "vae-ceiling")

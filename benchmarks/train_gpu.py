@@ -38,8 +38,8 @@ def make_data(work: Path, cases: int) -> None:
 
 def train(work: Path, model: str, steps: int, batch_size: int, name: str, precision: str) -> None:
     from diffma_cli.config import apply_overrides, load_recipe
+    from diffma_cli.runs import read_run_info
     from diffma_cli.train.api import train_diffusion
-    from diffma_cli.train.run_folder import read_run_info
     from diffma_cli.train.run_log import read_records
 
     recipe = apply_overrides(load_recipe("brain"), {

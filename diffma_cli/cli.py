@@ -179,9 +179,9 @@ def register(name: str, function: Callable) -> None:
 
 def _register_all() -> None:
     # Command modules only declare options; they import torch & co. inside the function bodies.
-    from diffma_cli.commands import registered
+    from diffma_cli.commands import COMMANDS
 
-    for name, function in registered():
+    for name, function in COMMANDS:
         register(name, function)
 
 

@@ -41,6 +41,16 @@ class DataConfig:
     # Axis layout volumes are sliced in (diffma_cli.data.orientation): prepare and convert reorient to it.
     orientation: str = "LPS"
 
+    @property
+    def source(self) -> str:
+        """The modality the model reads: "ct" for ct->mr."""
+        return self.direction.split("->")[0]
+
+    @property
+    def target(self) -> str:
+        """The modality the model writes: "mr" for ct->mr."""
+        return self.direction.split("->")[1]
+
 
 @dataclass
 class EncodersConfig:

@@ -42,16 +42,16 @@ def run_demo(out: str | Path, *, overwrite: bool = False, device: str = "cpu", c
     import shutil
 
     from diffma_cli.config import apply_overrides, load_recipe
-    from diffma_cli.convert_files import convert_path
+    from diffma_cli.convert.files import convert_path
     from diffma_cli.data.dataset import load_manifest
     from diffma_cli.data.prepare import PrepareOptions, prepare
     from diffma_cli.data.synth import write_synthetic_tree
     from diffma_cli.data.synthrad import find_cases
+    from diffma_cli.devices import resolve_device
     from diffma_cli.evaluation.evaluate import evaluate_cases
     from diffma_cli.evaluation.pairing import pair_folder
     from diffma_cli.io.atomic import check_output
     from diffma_cli.train.api import train_diffusion, train_embedder, train_vae
-    from diffma_cli.train.distributed import resolve_device
 
     out = check_output(out, overwrite)
     resolve_device(device)  # a device that is not here fails now, not after minutes of synth and prepare

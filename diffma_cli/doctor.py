@@ -135,8 +135,8 @@ def _encoder(what: str, source: str, files: tuple, offline: bool,
              probe_hub: Callable[[], tuple[bool, str]] | None) -> dict[str, Any]:
     """Where encoder weights `source` would come from and whether they are there without a download;
     `probe_hub` (None when offline) is called only for weights that would have to be downloaded."""
+    from diffma_cli.encoders.source import TINY, source_kind
     from diffma_cli.errors import InputError
-    from diffma_cli.models.encoder_source import TINY, source_kind
 
     if source in (TINY, "none"):
         return {"source": source, "kind": "built in", "available": True}
@@ -169,8 +169,8 @@ def _encoder(what: str, source: str, files: tuple, offline: bool,
 
 def _encoders(recipe_name: str) -> dict[str, Any]:
     from diffma_cli.config import load_recipe
-    from diffma_cli.models.clip import CONFIG_FILE, WEIGHTS_FILE
-    from diffma_cli.models.encoder_source import offline_requested
+    from diffma_cli.encoders.clip import CONFIG_FILE, WEIGHTS_FILE
+    from diffma_cli.encoders.source import offline_requested
 
     recipe = load_recipe(recipe_name)
     offline = offline_requested(True if recipe.encoders.offline else None)

@@ -3,7 +3,7 @@
 - our `.safetensors`: model name, config, parameter count, dtypes, diffma version, provenance;
 - another safetensors file: tensors, parameters, dtypes, its metadata;
 - a released `.pt` checkpoint: what it holds (model/ema/opt/args), each state dict recognised as a model,
-  optimiser settings and the training options (read safely, see `io/torch_checkpoint.py`);
+  optimiser settings and the training options (read safely, see `weights/torch_pickle.py`);
 - a run folder of `diffma train` (run.json, recipe.yaml): what was trained, its recipe, the weights files in
   it (checkpoints' own files aside), its checkpoints and its training previews (PNG).
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from diffma_cli.errors import InputError
-from diffma_cli.io.released_checkpoint import ReleasedCheckpoint, recognise
-from diffma_cli.io.torch_checkpoint import StoredTensor
 from diffma_cli.weights import is_safetensors, read_safetensors_header, stored_config
+from diffma_cli.weights.released import ReleasedCheckpoint, recognise
+from diffma_cli.weights.torch_pickle import StoredTensor
 
 
 def describe(path: str | Path) -> dict[str, Any]:
@@ -109,12 +109,12 @@ def _describe_optimizer(optimizer: Any) -> Any:
 
 
 def describe_run(folder: Path) -> dict[str, Any]:
-    """A run folder of `diffma train` (train/run_folder.py): run.json, recipe, weights files, checkpoints."""
+    """A run folder of `diffma train` (diffma_cli/runs.py): run.json, recipe, weights files, checkpoints."""
     import yaml
 
+    from diffma_cli.runs import RECIPE, RUN_INFO, read_run_info
     from diffma_cli.train.checkpoint import CHECKPOINTS
     from diffma_cli.train.previews import preview_files
-    from diffma_cli.train.run_folder import RECIPE, RUN_INFO, read_run_info
 
     if not (folder / RUN_INFO).is_file() and not (folder / RECIPE).is_file():
         raise InputError(f"is a folder but not a run folder (it has no {RUN_INFO} or {RECIPE})", path=folder,

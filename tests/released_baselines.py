@@ -4,6 +4,7 @@ model tests and the checkpoint-import tests."""
 import json
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
 RELEASED = Path(__file__).parent / "data" / "released"
@@ -17,3 +18,12 @@ def load_released_baseline(family: str):
     state = {key.removeprefix("model."): value for key, value in tensors.items() if key.startswith("model.")}
     inputs = [tensors[f"input.{key}"] for key in ("x", "t", "y", "y2", "w")]
     return config, state, inputs, tensors["output"]
+
+
+def assert_matches_float32_reference(out: torch.Tensor, expected: torch.Tensor) -> None:
+    """The reference outputs were computed in float32 by the released code on another CPU: their own rounding
+    error bounds how close any implementation can come. Measured against our float64 forward it reaches
+    1.7e-4 x max|y| (EMamba, whose blocks run in two directions) and 2e-5 x max|y| for the others, while our
+    float32 forward stays within 3e-6 x max|y| of our float64 one; hence 5e-4 x max|y|."""
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(out, expected.double(), rtol=0, atol=5e-4 * scale)

@@ -13,7 +13,7 @@ def test_demo_runs_every_stage_and_reports_the_evaluated_metrics(tmp_path):
     result = CliRunner().invoke(app, ["demo", "-o", str(out), "--cases", "3"])
     assert result.exit_code == 0, result.output
     # The run folder is what `diffma convert --model` needs.
-    from diffma_cli.train.run_folder import load_run
+    from diffma_cli.runs import load_run
 
     run = load_run(out / "run")
     assert run.recipe.model.name == "DiffMa-S/4"

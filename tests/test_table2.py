@@ -52,13 +52,14 @@ def test_tiny_table_end_to_end(table2, tiny_tree, capsys):
     check_calibration_rows_against_numpy(out, src, data)
     check_a_second_call_skips_finished_stages_and_redoes_a_missing_one(table2, args, out, capsys)
     check_a_stopped_training_resumes_from_its_checkpoint(table2, args, out, capsys)
+    check_tta_and_ensemble_rows(table2, args, out, capsys)
 
 
 def check_rows_come_from_the_files_each_stage_wrote(table2, out):
     table = json.loads((out / "table.json").read_text(encoding="utf-8"))
     assert [row["key"] for row in table["rows"]] == [*BACKBONES, *CALIBRATION]
     assert table["plan"]["steps"] == 2 and table["plan"]["images"] == 4
-    from diffma_cli.train.run_folder import load_run
+    from diffma_cli.runs import load_run
 
     for row in table["rows"]:
         folder = out / row["key"]
@@ -242,3 +243,33 @@ def check_calibration_rows_against_numpy(out, src, data):
         slope, intercept = np.polyfit(ct_unit, reference[mask], 1)
         affine = np.clip(slope * ct_unit + intercept, -1, 1)
         np.testing.assert_allclose(read("affine")[mask], affine, atol=1e-5)
+
+
+def check_tta_and_ensemble_rows(table2, args, out, capsys):
+    """--tta-of and --ensemble reuse the trained runs; the ensemble row is the voxelwise mean of its members'
+    own predictions (one sample each, the same seed), computed here with numpy."""
+    import SimpleITK as sitk
+
+    capsys.readouterr()
+    assert table2.main([*args, "--tta-of", "dit", "--ensemble", "diffma-latent+dit"]) == 0
+    assert "training finished before, skipped" in capsys.readouterr().out
+    table = json.loads((out / "table.json").read_text(encoding="utf-8"))
+    ensemble = "ensemble-diffma-latent+dit"
+    keys = [row["key"] for row in table["rows"]]
+    assert keys == ["diffma-latent", "dit", "dit-tta", ensemble, *CALIBRATION]
+    labels = {row["key"]: row["label"] for row in table["rows"]}
+    assert labels["dit-tta"] == "DiT-B/2, latent+tokens, left-right flip TTA"
+    assert labels[ensemble] == "ensemble (mean) of DiffMa-B/2, latent and DiT-B/2, latent+tokens"
+    assert json.loads((out / "dit-tta" / "convert.json").read_text(encoding="utf-8"))["tta"] == "flip"
+    converted = json.loads((out / ensemble / "convert.json").read_text(encoding="utf-8"))
+    assert converted["runs"] == ["diffma-latent/run", "dit/run"]
+
+    def volume(key, case):
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(out / key / "predictions" / f"{case}.nii.gz")))
+
+    for case in converted["seconds_per_volume"]:
+        expected = (volume("diffma-latent", case).astype(np.float64) + volume("dit", case)) / 2
+        np.testing.assert_allclose(volume(ensemble, case), expected, atol=1e-4)
+        assert not np.allclose(volume("dit-tta", case), volume("dit", case))  # the mirror image counts
+    with pytest.raises(SystemExit, match="every member must be one of --backbones"):
+        table2.run(table2.parse_args([*args, "--ensemble", "diffma-latent+zigma"]))

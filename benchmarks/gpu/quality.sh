@@ -4,6 +4,10 @@
 # montage of the predictions. No hub access: our own VAE and no CLIP (docs/encoders.md).
 # From the repository root on a CUDA machine, with the project and its dependencies importable:
 #   ROWS=diffma-latent,diffma-released IMAGES=48000 bash benchmarks/gpu/quality.sh [WORK]
+# Optional: SAMPLES=K (a mean-of-K row of the first row), TTA_OF=ROW,... (rows with the left-right flip
+# averaged in), ENSEMBLE=A+B (the mean of two trained rows), SIDE_ROWS=ROW,... (rows trained by a second
+# process on the same GPU at the same time: the two share the card, so the images/s and seconds per volume
+# of the rows trained meanwhile are not single-job speeds; the quality numbers do not depend on it).
 # Everything is seeded; every stage is skipped when its output exists, so the script resumes.
 set -euo pipefail
 work=${1:-/tmp/diffma-gpu}
@@ -30,8 +34,19 @@ common=("$work/data" "$work/synthrad/Task1" --recipe brain "${encoders[@]}" --se
 # (benchmarks/table2.py merges nothing; docs/quality.md's table is both folders' rows).
 python3 benchmarks/table2.py "${common[@]}" -o "$work/calibration" --backbones none \
   --calibration constant,other-patient,affine,oracle > "$work/logs/calibration.log" 2>&1 &
-python3 benchmarks/table2.py "${common[@]}" -o "$work/table2" --embedder "$work/embedder" --backbones "$rows" \
-  --images "$images" --set training.global_batch_size=32 --samples "${SAMPLES:-1}" --calibration vae-ceiling
+budget=(--embedder "$work/embedder" --images "$images" --set training.global_batch_size=32)
+variants=(--samples "${SAMPLES:-1}" --tta-of "${TTA_OF:-}" --ensemble "${ENSEMBLE:-}" --calibration vae-ceiling)
+python3 benchmarks/table2.py "${common[@]}" -o "$work/table2" "${budget[@]}" --backbones "$rows" "${variants[@]}" &
+main=$!
+if [ -n "${SIDE_ROWS:-}" ]; then  # once the main process has fixed the shared budget (OUT/plan.json)
+  while [ ! -f "$work/table2/plan.json" ] && kill -0 "$main" 2> /dev/null; do sleep 2; done
+  python3 benchmarks/table2.py "${common[@]}" -o "$work/table2" "${budget[@]}" --backbones "$SIDE_ROWS" \
+    --calibration none > "$work/logs/side.log" 2>&1 &
+fi
 wait
+if [ -n "${SIDE_ROWS:-}" ]; then  # the table of every row, each stage read back from the files it wrote
+  python3 benchmarks/table2.py "${common[@]}" -o "$work/table2" "${budget[@]}" --backbones "$rows,$SIDE_ROWS" \
+    "${variants[@]}"
+fi
 python3 benchmarks/quality_montage.py "$work/table2" "$work/synthrad/Task1" -o "$work/table2/montage.png" --cases 3
 step done

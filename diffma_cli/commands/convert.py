@@ -40,7 +40,8 @@ def convert(
                               "shared (one draw for every slice) or correlated (AR(1) along z); see "
                               "docs/consistency.md."),
     noise_correlation: float = typer.Option(0.9, "--noise-correlation", help="Correlation of neighbouring "
-                                            "slices' noise for --noise correlated, in (0, 1]."),
+                                            "slices' noise for --noise correlated, in [0, 1] (0: "
+                                            "independent)."),
     smooth_z: float = typer.Option(1.0, "--smooth-z", help="Gaussian filter along z of the result, sigma in "
                                    "voxels; 0 = off, the method as published. Default 1 (measured to "
                                    "remove slice flicker and improve every score: docs/consistency.md)."),
@@ -75,12 +76,13 @@ def convert(
 
     torchrun --standalone --nproc-per-node 4 -m diffma_cli convert Task1/pelvis -o predictions/ --model runs/p
     """
-    from diffma_cli.convert_files import convert_path
+    from diffma_cli.convert import SamplingOptions, convert_path
 
-    result = convert_path(input_path, output, model, device=device, overwrite=overwrite, body_mask=body_mask,
-                          mask=mask, output_format=output_format, tta=tta, combine=combine, sampler=sampler,
-                          steps=steps, seed=seed, samples=samples, batch_size=batch_size, noise=noise,
-                          noise_correlation=noise_correlation, smooth_z=smooth_z)
+    options = SamplingOptions(sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, samples=samples,
+                              noise=noise, noise_correlation=noise_correlation, smooth_z=smooth_z, tta=tta,
+                              combine=combine)
+    result = convert_path(input_path, output, model, options, device=device, overwrite=overwrite,
+                          body_mask=body_mask, mask=mask, output_format=output_format)
     if result.rank != 0:  # under torchrun only rank 0 speaks
         return
     if result.skipped:

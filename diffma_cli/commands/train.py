@@ -6,17 +6,11 @@ Every command reads a recipe (`--recipe brain|pelvis|demo|PATH`), applies its ty
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
 from diffma_cli.errors import InputError
-
-# Lower-case --backbone values -> registry family prefixes (diffma_cli.models.MODEL_NAMES).
-BACKBONES = {"diffma": "DiffMa", "dit": "DiT", "zigma": "ZigMa", "vim": "ViM", "vmamba": "VMamba",
-             "emamba": "EMamba"}
-SCANS = ("released", "spiral")
 
 RECIPE_HELP = ("Recipe: brain, pelvis, pelvis-512, demo or a YAML file. Default: brain (with --resume: "
                "the run's own).")
@@ -24,38 +18,12 @@ SET_HELP = "Override any recipe key, e.g. --set training.lr=2e-4 (repeatable; va
 DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N. Under torchrun: each process's LOCAL_RANK GPU."
 
 
-def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
-
-
 def _say(text: str) -> None:
-    if _is_main_process():
+    """Print once, from the main process of a torchrun job."""
+    from diffma_cli.devices import is_main_process
+
+    if is_main_process():
         typer.echo(text)
-
-
-def _resolve_recipe(recipe: str | None, run_dir: Path, resume: bool, typed: dict, sets: list[str]):
-    """Recipe file or name (default brain; the run's recipe.yaml when resuming), then typed options,
-    then --set overrides (the most specific wins)."""
-    from diffma_cli.config import apply_overrides, load_recipe
-    from diffma_cli.train.run_folder import RECIPE, read_run_recipe
-
-    own = resume and (run_dir / RECIPE).is_file()
-    if recipe is None or (own and Path(recipe).resolve() == (run_dir / RECIPE).resolve()):
-        # the run's own recipe, with its encoder paths read relative to the run folder
-        resolved = read_run_recipe(run_dir) if own else load_recipe("brain")
-    else:
-        resolved = load_recipe(recipe)
-    resolved = apply_overrides(resolved, {key: value for key, value in typed.items() if value is not None})
-    return apply_overrides(resolved, sets)
-
-
-def _schedule(section: str, steps: int | None, epochs: int | None, batch_size: int | None) -> dict:
-    """--steps / --epochs / --batch-size as overrides of `section` (--epochs alone clears steps)."""
-    typed = {f"{section}.steps": steps, f"{section}.epochs": epochs,
-             f"{section}.global_batch_size": batch_size}
-    if epochs is not None and steps is None:
-        typed[f"{section}.steps"] = 0
-    return typed
 
 
 def train_vae(
@@ -84,19 +52,21 @@ def train_vae(
 
       diffma train-vae DATA -o vae --recipe demo --steps 200
     """
+    from diffma_cli.devices import is_main_process
+    from diffma_cli.runs import read_run_info
     from diffma_cli.train.api import train_vae as run
+    from diffma_cli.train.settings import training_recipe
 
-    typed = _schedule("vae.training", steps, epochs, batch_size)
-    resolved = _resolve_recipe(recipe, out, resume, typed, sets)
+    resolved = training_recipe("vae", out, recipe, resume=resume, steps=steps, epochs=epochs,
+                               batch_size=batch_size, sets=sets)
     folder = run(data, out, resolved, device=device, resume=resume, overwrite=overwrite)
-    if _is_main_process():
-        from diffma_cli.train.run_folder import read_run_info
-
-        info = read_run_info(folder)
-        psnr = ", ".join(f"{m.upper()} {v:.2f} dB" for m, v in info.get("val_psnr_db", {}).items())
-        _say(f"wrote {folder}: AutoencoderKL after {info['steps']} steps; val reconstruction PSNR "
-             f"{psnr or 'n/a (empty val split)'}; latent scale {info['scaling_factor']:.5g}")
-        _say(f"use it with: --set encoders.vae={folder}")
+    if not is_main_process():  # only the main process writes (and so may read) the run's files
+        return
+    info = read_run_info(folder)
+    psnr = ", ".join(f"{m.upper()} {v:.2f} dB" for m, v in info.get("val_psnr_db", {}).items())
+    typer.echo(f"wrote {folder}: AutoencoderKL after {info['steps']} steps; val reconstruction PSNR "
+               f"{psnr or 'n/a (empty val split)'}; latent scale {info['scaling_factor']:.5g}")
+    typer.echo(f"use it with: --set encoders.vae={folder}")
 
 
 def train_embedder(
@@ -127,32 +97,13 @@ def train_embedder(
       diffma train-embedder DATA -o runs/embedder --recipe demo --set encoders.vae=vae
     """
     from diffma_cli.train.api import train_embedder as run
+    from diffma_cli.train.settings import training_recipe
 
-    typed = {**_schedule("embedder.training", steps, epochs, batch_size), "embedder.patch_size": patch}
-    resolved = _resolve_recipe(recipe, out, resume, typed, sets)
+    resolved = training_recipe("embedder", out, recipe, resume=resume, steps=steps, epochs=epochs,
+                               batch_size=batch_size, patch=patch, sets=sets)
     folder = run(data, out, resolved, device=device, resume=resume, overwrite=overwrite)
     _say(f"wrote {folder}/embedder.safetensors; train the backbone with: diffma train DATA -o RUN "
          f"--embedder {folder}")
-
-
-def _model_name(current: str, backbone: str | None, size: str | None, patch: int | None) -> str | None:
-    """The registry name from --backbone/--size/--patch, the rest taken from the recipe's model.name."""
-    if backbone is None and size is None and patch is None:
-        return None
-    from diffma_cli.models import MODEL_NAMES
-
-    family, _, rest = current.partition("-")
-    current_size, _, current_patch = rest.partition("/")
-    if backbone is not None:
-        if backbone.lower() not in BACKBONES:
-            raise InputError(f"--backbone {backbone!r} is not one of: {', '.join(BACKBONES)}")
-        family = BACKBONES[backbone.lower()]
-    name = f"{family}-{size or current_size}/{patch or current_patch}"
-    if name not in MODEL_NAMES:
-        sizes = sorted({n.split("-")[1] for n in MODEL_NAMES if n.startswith(family + "-")})
-        raise InputError(f"there is no model {name}",
-                         hint=f"{family} comes in {', '.join(sizes)} (name-size/patch)")
-    return name
 
 
 def train(
@@ -202,21 +153,12 @@ def train(
 
       diffma train DATA -o runs/brain-B2 --resume --steps 200000
     """
-    from diffma_cli.models.conditioning import CONDITIONS
     from diffma_cli.train.api import train_diffusion
+    from diffma_cli.train.settings import training_recipe
 
-    if scan is not None and scan not in SCANS:
-        raise InputError(f"--scan {scan!r} is not one of: {', '.join(SCANS)}")
-    if condition is not None and condition not in CONDITIONS:
-        raise InputError(f"--condition {condition!r} is not one of: {', '.join(CONDITIONS)}")
-    typed = {**_schedule("training", steps, epochs, batch_size), "model.scan": scan,
-             "model.condition": condition}
-    resolved = _resolve_recipe(recipe, out, resume, typed, sets)
-    name = _model_name(resolved.model.name, backbone, size, patch)
-    if name is not None:
-        from diffma_cli.config import apply_overrides
-
-        resolved = apply_overrides(resolved, {"model.name": name})
+    resolved = training_recipe("diffusion", out, recipe, resume=resume, steps=steps, epochs=epochs,
+                               batch_size=batch_size, patch=patch, backbone=backbone, size=size, scan=scan,
+                               condition=condition, sets=sets)
     if embedder is None and not resume:  # a resumed run uses its own copy
         raise InputError("--embedder is required", hint="give the run folder of `diffma train-embedder` "
                          "or an embedder weights file")

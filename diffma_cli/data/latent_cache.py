@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from diffma_cli.encoders.source import identity_key
 from diffma_cli.errors import InputError
 from diffma_cli.io.atomic import atomic_file
-from diffma_cli.models.encoder_source import identity_key
 
 CACHE_FORMAT = 1
 CACHE_FOLDER = "latent_cache"

@@ -50,6 +50,12 @@ def make_scheduler(sampler: str, betas: torch.Tensor | None = None):
     raise InputError(f"unknown sampler {sampler!r}", hint=f"choose one of {', '.join(SAMPLERS)}")
 
 
+def check_z_correlation(value: float, name: str = "the z noise correlation") -> None:
+    """InputError unless `value` is a correlation `draw_noise` takes: in [0, 1] (0 = independent slices)."""
+    if not 0.0 <= value <= 1.0:
+        raise InputError(f"{name} must be in [0, 1], got {value}")
+
+
 def draw_noise(shape: tuple[int, ...], generator: torch.Generator | None = None, device=None,
                   z_correlation: float = 0.0) -> torch.Tensor:
     """(N, C, H, W) standard normal starting noise for N slices taken in order along z.
@@ -58,8 +64,7 @@ def draw_noise(shape: tuple[int, ...], generator: torch.Generator | None = None,
     chain, so every slice's noise stays N(0, I)); 0 gives independent noise, 1 the same noise for every
     slice. Draw it once per volume and pass slices of it to `sample` batch by batch.
     """
-    if not 0.0 <= z_correlation <= 1.0:
-        raise InputError(f"the z noise correlation must be in [0, 1], got {z_correlation}")
+    check_z_correlation(z_correlation)
     # Draw on the generator's device so a seed gives the same noise whatever `device` is.
     draw_device = generator.device if generator is not None else device
     fresh = torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32).to(device)

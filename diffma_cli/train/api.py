@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from diffma_cli import __version__
+from diffma_cli import __version__, runs
 from diffma_cli.config import Recipe, TrainingConfig, apply_overrides
 from diffma_cli.errors import InputError
 from diffma_cli.io.hashing import file_sha256
@@ -81,7 +81,7 @@ def _train(kind: str, run_dir: str | Path, recipe: Recipe, settings: TrainingCon
         # leaves nothing behind.
         run_folder.prepare_run_folder(run_dir, overwrite=overwrite, resume=resume, create=False)
         if resume:
-            previous = run_folder.read_run_info(run_dir)
+            previous = runs.read_run_info(run_dir)
             if previous.get("kind") != kind:
                 raise InputError(f"is a {previous.get('kind')} run; cannot resume it as a {kind} run",
                                  path=run_dir)
@@ -125,10 +125,10 @@ def same_model_as_before(kind: str, run_dir: Path, recipe: Recipe) -> None:
     --resume --size B on an S run): the checkpoint's weights keep their size."""
     from diffma_cli.config import recipe_to_dict
 
-    saved_path = run_dir / run_folder.RECIPE
+    saved_path = run_dir / runs.RECIPE
     if not saved_path.is_file():
         return
-    before, now = recipe_to_dict(run_folder.read_run_recipe(run_dir)), recipe_to_dict(recipe)
+    before, now = recipe_to_dict(runs.read_run_recipe(run_dir)), recipe_to_dict(recipe)
     for key in MODEL_SECTIONS[kind]:
         old, new = before, now
         for part in key.split("."):
@@ -248,14 +248,14 @@ def _ensure_cache(data_dir: Path, recipe: Recipe, split: str, cache_file: Path, 
                   progress: bool) -> float:
     """Build the cache if it is missing or stale (rank 0); returns the latent scale of the VAE."""
     from diffma_cli.data.latent_cache import ensure_latent_cache
-    from diffma_cli.models.clip import load_clip
-    from diffma_cli.models.vae import load_vae
+    from diffma_cli.encoders.clip import load_clip
+    from diffma_cli.encoders.vae import load_vae
 
     offline = True if recipe.encoders.offline else None  # False: as HF_HUB_OFFLINE says
     vae = load_vae(recipe.encoders.vae, offline=offline, device=where.device,
                    scale=recipe.encoders.latent_scale)
     clip = load_clip(recipe.encoders.clip, offline=offline, device=where.device)
-    source = recipe.data.direction.split("->")[0]
+    source = recipe.data.source
     ensure_latent_cache(open_slices(data_dir, split), cache_file, vae, clip, clip_of=source,
                         data_key=file_sha256(data_dir / "manifest.json"), device=where.device,
                         progress=progress)
@@ -301,10 +301,10 @@ def train_embedder(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, *,
         return {"data": data, "model": task.model.config, **extras}
 
     def export(task: EmbedderTask, result: FitResult, run_dir: Path) -> dict:
-        save_model(result.ema, run_dir / run_folder.EMBEDDER, overwrite=True,
+        save_model(result.ema, run_dir / runs.EMBEDDER, overwrite=True,
                    provenance={"trained_by": "diffma train-embedder", "run": str(run_dir.resolve()),
                                "steps": result.state.step, "weights": "ema"})
-        return {"weights": run_folder.EMBEDDER}
+        return {"weights": runs.EMBEDDER}
 
     return _train("embedder", run_dir, recipe, recipe.embedder.training, build=build, export=export,
                   info=info, device=device, resume=resume, overwrite=overwrite, progress=progress)
@@ -376,9 +376,9 @@ def train_diffusion(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, e
     elif embedder is None:
         raise InputError("no embedder given",
                          hint="pass a `diffma train-embedder` run folder or an embedder weights file")
-    embedder_path = run_folder.embedder_file(embedder)
+    embedder_path = runs.embedder_file(embedder)
     embedder_record = {"source": str(Path(embedder).resolve()), "file": str(embedder_path.resolve()),
-                       "sha256": file_sha256(embedder_path), "copy": run_folder.EMBEDDER}
+                       "sha256": file_sha256(embedder_path), "copy": runs.EMBEDDER}
     extras: dict = {}
 
     def build(where: Processes) -> DiffusionTask:
@@ -400,14 +400,14 @@ def train_diffusion(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, e
 
     def start(task: DiffusionTask, run_dir: Path) -> None:
         # The copy makes the run folder self-contained from its first step (convert, resume).
-        save_model(copy.deepcopy(task.embedder).cpu(), run_dir / run_folder.EMBEDDER, overwrite=True,
+        save_model(copy.deepcopy(task.embedder).cpu(), run_dir / runs.EMBEDDER, overwrite=True,
                    provenance={"copied_from": embedder_record["file"], "sha256": embedder_record["sha256"]})
 
     def export(task: DiffusionTask, result: FitResult, run_dir: Path) -> dict:
-        save_model(result.ema, run_dir / run_folder.BACKBONE, overwrite=True,
+        save_model(result.ema, run_dir / runs.BACKBONE, overwrite=True,
                    provenance={"trained_by": "diffma train", "run": str(run_dir.resolve()),
                                "steps": result.state.step, "weights": "ema"})
-        return {"weights": run_folder.BACKBONE}
+        return {"weights": runs.BACKBONE}
 
     def previews(task: DiffusionTask, run_dir: Path, where: Processes):
         from diffma_cli.train.previews import TrainingPreviews
@@ -426,10 +426,10 @@ def _same_embedder(run_dir: Path, given: str | Path | None) -> Path:
     """The run's own embedder copy; a given `--embedder` must hold the same weights (else InputError)."""
     from diffma_cli.weights import load_model
 
-    own = run_folder.embedder_file(run_dir)
+    own = runs.embedder_file(run_dir)
     if given is None or Path(given).resolve() in (run_dir.resolve(), own.resolve()):
         return own
-    theirs = load_model(run_folder.embedder_file(given)).state_dict()
+    theirs = load_model(runs.embedder_file(given)).state_dict()
     ours = load_model(own).state_dict()
     if theirs.keys() != ours.keys() or any(not torch.equal(theirs[k], ours[k]) for k in ours):
         raise InputError("is not the embedder this run was trained with", path=given,

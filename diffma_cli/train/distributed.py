@@ -6,7 +6,6 @@ group is initialised from them (NCCL on CUDA, gloo on CPU). Only rank 0 prints, 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,9 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from diffma_cli.errors import EnvironmentProblem, InputError
-
-DEVICES = ("auto", "cpu", "cuda")
+from diffma_cli.devices import env_int, resolve_device
 
 
 @dataclass(frozen=True)
@@ -37,36 +34,11 @@ class Processes:
         return self.world_size > 1
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, str(default))
-    try:
-        return int(value)
-    except ValueError:
-        raise InputError(f"environment variable {name}={value!r} is not an integer") from None
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` -> CUDA when available else CPU; `cuda` -> this process's GPU (LOCAL_RANK under torchrun)."""
-    if name not in DEVICES and not name.startswith("cuda:"):
-        raise InputError(f"unknown device {name!r}", hint=f"use one of: {', '.join(DEVICES)}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise EnvironmentProblem("CUDA was asked for but is not available here",
-                                     hint="use --device cpu, or install a CUDA build of PyTorch; "
-                                          "`diffma doctor` shows what torch sees")
-        index = int(name.split(":")[1]) if ":" in name else local_rank
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
-    return torch.device("cpu")
-
-
 @contextmanager
 def processes(device: str = "auto") -> Iterator[Processes]:
     """Join the torchrun process group if there is one (and leave it afterwards); yield where we are."""
-    world_size = _env_int("WORLD_SIZE", 1)
-    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    world_size = env_int("WORLD_SIZE", 1)
+    rank, local_rank = env_int("RANK", 0), env_int("LOCAL_RANK", 0)
     resolved = resolve_device(device, local_rank)
     started_here = False
     if world_size > 1 and not dist.is_initialized():

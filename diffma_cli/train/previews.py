@@ -137,8 +137,8 @@ class TrainingPreviews:
     def encoders(self):
         """(VAE, CLIP) as training encoded with them, loaded once."""
         if self._encoders is None:
-            from diffma_cli.models.clip import load_clip
-            from diffma_cli.models.vae import load_vae
+            from diffma_cli.encoders.clip import load_clip
+            from diffma_cli.encoders.vae import load_vae
 
             offline = True if self.recipe.encoders.offline else None
             self._encoders = (load_vae(self.recipe.encoders.vae, offline=offline, device=self.device,
@@ -148,7 +148,7 @@ class TrainingPreviews:
 
     def write(self, step: int, ema: torch.nn.Module) -> list[Path]:
         """Write the preview of `step` and the loss curve; returns their paths."""
-        from diffma_cli.convert import ConversionModels, sample_slices, sampling_options
+        from diffma_cli.convert import ConversionModels, SamplingOptions, sample_slices
         from diffma_cli.train import run_log
 
         folder = self.run_dir / PREVIEWS
@@ -158,13 +158,13 @@ class TrainingPreviews:
         slices, _ = self._slices
         paths = []
         if slices:
-            source_name, target_name = self.recipe.data.direction.split("->")
+            source_name, target_name = self.recipe.data.source, self.recipe.data.target
             source = np.stack([item[source_name][0].numpy() for item in slices])
             target = np.stack([item[target_name][0].numpy() for item in slices])
             vae, clip = self.encoders()
             models = ConversionModels(self.recipe, ema, self.embedder, vae, clip, self.device)
-            options = sampling_options(self.recipe, sampler="dpm", steps=PREVIEW_STEPS, seed=PREVIEW_SEED,
-                                       batch_size=len(slices))
+            options = SamplingOptions(sampler="dpm", steps=PREVIEW_STEPS, seed=PREVIEW_SEED,
+                                      batch_size=len(slices)).resolved(self.recipe)
             was_training = ema.training
             ema.eval()
             try:

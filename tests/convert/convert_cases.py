@@ -12,10 +12,10 @@ import SimpleITK as sitk
 import torch
 
 from diffma_cli.config import apply_overrides, load_recipe, save_recipe
+from diffma_cli.encoders.clip import load_clip
+from diffma_cli.encoders.vae import load_vae
 from diffma_cli.models import create_model
-from diffma_cli.models.clip import load_clip
-from diffma_cli.models.vae import load_vae
-from diffma_cli.train.run_folder import BACKBONE, EMBEDDER, RECIPE, RUN_INFO
+from diffma_cli.runs import BACKBONE, EMBEDDER, RECIPE, RUN_INFO
 from diffma_cli.weights import save_model
 
 SHAPE = (7, 20, 26)  # (z, y, x)

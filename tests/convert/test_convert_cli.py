@@ -134,19 +134,17 @@ def test_mr_to_ct_run_writes_hu_with_a_body_found_in_the_mr(tmp_path, mr_to_ct_r
 
 
 def test_command_line_defaults_are_the_library_defaults():
-    """`diffma convert` and `convert_volume` must sample the same way when no option is given; the command
+    """`diffma convert` and `SamplingOptions()` must sample the same way when no option is given; the command
     keeps its defaults as literals so that `diffma --help` does not import torch."""
+    import dataclasses
     import inspect
 
-    from diffma_cli import convert as library
     from diffma_cli.commands.convert import convert as command
+    from diffma_cli.convert import SamplingOptions
 
     parameters = inspect.signature(command).parameters
     options = {name: parameter.default.default for name, parameter in parameters.items()
                if hasattr(parameter.default, "default")}
-    assert options["noise"] == library.DEFAULT_NOISE
-    assert options["noise_correlation"] == library.DEFAULT_NOISE_CORRELATION
-    assert options["smooth_z"] == library.DEFAULT_SMOOTH_Z
-    defaults = inspect.signature(library.convert_volume).parameters
-    assert defaults["smooth_z"].default == library.DEFAULT_SMOOTH_Z
-    assert defaults["noise"].default == library.DEFAULT_NOISE
+    library = {field.name: field.default for field in dataclasses.fields(SamplingOptions)}
+    assert set(library) <= set(options)  # every sampling option is on the command line
+    assert {name: options[name] for name in library} == library

@@ -11,8 +11,8 @@ import SimpleITK as sitk
 from convert_cases import ct_array, write
 from test_convert_cli import invoke, one_line_error
 
-from diffma_cli.cohort import Share, split, this_share
-from diffma_cli.convert_files import SUMMARY
+from diffma_cli.convert.cohort import Share, split, this_share
+from diffma_cli.convert.files import SUMMARY
 from diffma_cli.errors import InputError
 
 

@@ -7,7 +7,7 @@ from convert_cases import SHAPE, SPACING, as_image, ct_array
 from test_convert_cli import invoke, one_line_error
 from test_convert_volume import oracle_models
 
-from diffma_cli.convert import combine_volumes, convert_array, sampling_options
+from diffma_cli.convert import SamplingOptions, combine_volumes, convert_array
 from diffma_cli.errors import InputError
 
 
@@ -28,12 +28,12 @@ def test_combine_volumes_is_numpy_mean_median_and_sample_std(count):
 def test_flip_tta_is_the_mean_with_the_mirrored_conversion(models):
     ct = ct_array()
     ct[:, :, :6] = -1000  # make the volume left-right asymmetric
-    options = sampling_options(models.recipe, seed=2)
-    plain, _ = convert_array(ct, SPACING, models, options=options, progress=False)
-    mirrored, _ = convert_array(ct[:, :, ::-1], SPACING, models, options=options, progress=False)
+    options = SamplingOptions(seed=2).resolved(models.recipe)
+    plain, _ = convert_array(ct, SPACING, models, options, progress=False)
+    mirrored, _ = convert_array(ct[:, :, ::-1], SPACING, models, options, progress=False)
     mirrored = mirrored[:, :, ::-1]
     assert np.abs(plain - mirrored).max() > 1e-3  # the mirror image is a member of its own
-    both, std = convert_array(ct, SPACING, models, options=options, tta="flip", progress=False)
+    both, std = convert_array(ct, SPACING, models, SamplingOptions(seed=2, tta="flip"), progress=False)
     stack = np.stack([plain, mirrored]).astype(np.float64)
     np.testing.assert_allclose(both, stack.mean(axis=0), atol=1e-5)
     np.testing.assert_allclose(std, stack.std(axis=0, ddof=1), atol=1e-5)
@@ -43,14 +43,14 @@ def test_flip_tta_is_the_mean_with_the_mirrored_conversion(models):
 def test_ensemble_of_runs_combines_every_member(models, combine):
     ct = ct_array()
     ensemble = [models, oracle_models(models, 0.5), oracle_models(models, -0.2)]
-    options = sampling_options(models.recipe, samples=2, seed=1, sampler="ddim")
+    options = SamplingOptions(samples=2, seed=1, sampler="ddim", combine=combine)
     members = []
     for one in ensemble:
         for k in range(2):
-            alone = sampling_options(models.recipe, seed=1 + k, sampler="ddim")
-            members.append(convert_array(ct, SPACING, one, options=alone, progress=False)[0])
+            alone = SamplingOptions(seed=1 + k, sampler="ddim")
+            members.append(convert_array(ct, SPACING, one, alone, progress=False)[0])
     stack = np.stack(members).astype(np.float64)
-    centre, std = convert_array(ct, SPACING, ensemble, options=options, combine=combine, progress=False)
+    centre, std = convert_array(ct, SPACING, ensemble, options, progress=False)
     expected = np.median(stack, axis=0) if combine == "median" else stack.mean(axis=0)
     np.testing.assert_allclose(centre, expected, atol=1e-5)
     np.testing.assert_allclose(std, stack.std(axis=0, ddof=1), atol=1e-5)
@@ -58,8 +58,7 @@ def test_ensemble_of_runs_combines_every_member(models, combine):
 
 def test_ensemble_of_both_directions_is_refused(models):
     with pytest.raises(InputError, match="different directions"):
-        convert_array(ct_array(), SPACING, [models, oracle_models(models, 0.5, "mr->ct")],
-                      options=sampling_options(models.recipe), progress=False)
+        convert_array(ct_array(), SPACING, [models, oracle_models(models, 0.5, "mr->ct")], progress=False)
 
 
 def test_command_with_two_runs_and_flips_writes_the_std_of_all_members(tmp_path, run_dir, mr_to_ct_run,

@@ -8,7 +8,7 @@ from convert_cases import as_image, ct_array
 from layouts import relayout
 
 from diffma_cli.config import apply_overrides
-from diffma_cli.convert import ConversionModels, convert_volume
+from diffma_cli.convert import ConversionModels, SamplingOptions, convert_volume
 from diffma_cli.data.orientation import check_orientation, orientation_of
 from diffma_cli.errors import InputError
 
@@ -39,8 +39,8 @@ def test_reoriented_copies_convert_to_the_same_voxels(models, layout):
     original = as_image(ct)
     copy, back = relayout(original, *LAYOUTS[layout])
     assert physically_equal(copy, back, original) and orientation_of(copy) != orientation_of(original)
-    expected, _ = convert_volume(original, models, seed=5, progress=False)
-    got, _ = convert_volume(copy, models, seed=5, progress=False)
+    expected, _ = convert_volume(original, models, SamplingOptions(seed=5), progress=False)
+    got, _ = convert_volume(copy, models, SamplingOptions(seed=5), progress=False)
     assert got.GetSize() == copy.GetSize() and got.GetDirection() == copy.GetDirection()
     assert got.GetOrigin() == copy.GetOrigin() and got.GetSpacing() == copy.GetSpacing()
     np.testing.assert_allclose(back(sitk.GetArrayFromImage(got)), sitk.GetArrayFromImage(expected), atol=1e-5)
@@ -50,8 +50,8 @@ def test_without_reorientation_a_permuted_copy_converts_differently(models):
     keep = with_orientation(models, "none")
     original = as_image(ct_array())
     copy, back = relayout(original, (1, 0, 2), (True, False, False))
-    expected, _ = convert_volume(original, keep, seed=5, progress=False)
-    got, _ = convert_volume(copy, keep, seed=5, progress=False)
+    expected, _ = convert_volume(original, keep, SamplingOptions(seed=5), progress=False)
+    got, _ = convert_volume(copy, keep, SamplingOptions(seed=5), progress=False)
     assert got.GetSize() == copy.GetSize()
     assert np.abs(back(sitk.GetArrayFromImage(got)) - sitk.GetArrayFromImage(expected)).max() > 1e-2
 

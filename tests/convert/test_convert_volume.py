@@ -10,10 +10,11 @@ from convert_cases import BODY_SLICES, SHAPE, as_image, body_of, ct_array
 from scipy.ndimage import gaussian_filter1d
 from torch import nn
 
-from diffma_cli.convert import ConversionModels, convert_volume, starting_noise
+from diffma_cli.convert import ConversionModels, SamplingOptions, convert_volume
+from diffma_cli.convert.pipeline import starting_noise
 from diffma_cli.diffusion.gaussian import released_betas
+from diffma_cli.encoders.vae import Posterior
 from diffma_cli.errors import InputError
-from diffma_cli.models.vae import Posterior
 
 
 class ConstantOracle(nn.Module):
@@ -62,8 +63,8 @@ def array(image):
 @pytest.mark.parametrize("sampler", ["ddim", "dpm"])
 def test_oracle_output_lands_on_the_input_grid_on_the_mr_scale(models, sampler):
     image = as_image(ct_array())
-    generated, std = convert_volume(image, oracle_models(models, 0.5), sampler=sampler, steps=4,
-                                    progress=False)
+    options = SamplingOptions(sampler=sampler, steps=4)
+    generated, std = convert_volume(image, oracle_models(models, 0.5), options, progress=False)
     assert std is None
     assert generated.GetSize() == image.GetSize() and generated.GetSpacing() == image.GetSpacing()
     assert generated.GetOrigin() == image.GetOrigin() and generated.GetDirection() == image.GetDirection()
@@ -100,9 +101,9 @@ def test_real_models_give_finite_values_on_the_normalised_scale(models):
 
 def test_samples_give_the_mean_and_sample_std_of_single_runs(models):
     image = as_image(ct_array())
-    mean, std = convert_volume(image, models, samples=2, seed=3, progress=False)
-    first, _ = convert_volume(image, models, seed=3, progress=False)
-    second, _ = convert_volume(image, models, seed=4, progress=False)
+    mean, std = convert_volume(image, models, SamplingOptions(samples=2, seed=3), progress=False)
+    first, _ = convert_volume(image, models, SamplingOptions(seed=3), progress=False)
+    second, _ = convert_volume(image, models, SamplingOptions(seed=4), progress=False)
     a, b = array(first).astype(np.float64), array(second).astype(np.float64)
     np.testing.assert_allclose(array(mean), (a + b) / 2, atol=1e-5)
     np.testing.assert_allclose(array(std), np.abs(a - b) / np.sqrt(2), atol=1e-5)  # ddof 1
@@ -113,8 +114,10 @@ def test_shared_noise_with_an_ode_sampler_makes_equal_slices_equal(models):
     ct = ct_array()
     ct[list(BODY_SLICES)] = ct[BODY_SLICES.start]  # the same anatomy on every body slice
     image = as_image(ct)
-    shared, _ = convert_volume(image, models, sampler="ddim", noise="shared", batch_size=2, progress=False)
-    independent, _ = convert_volume(image, models, sampler="ddim", batch_size=2, progress=False)
+    shared_noise = SamplingOptions(sampler="ddim", noise="shared", batch_size=2)
+    shared, _ = convert_volume(image, models, shared_noise, progress=False)
+    independent_noise = SamplingOptions(sampler="ddim", batch_size=2)
+    independent, _ = convert_volume(image, models, independent_noise, progress=False)
     body = array(shared)[list(BODY_SLICES)]
     np.testing.assert_allclose(body, np.broadcast_to(body[:1], body.shape), atol=1e-5)
     apart = array(independent)[list(BODY_SLICES)]
@@ -137,8 +140,8 @@ def test_starting_noise_modes():
 
 def test_smooth_z_filters_the_body_slices_along_z_only(models):
     image = as_image(ct_array())
-    plain, _ = convert_volume(image, models, smooth_z=0.0, progress=False)
-    smoothed, _ = convert_volume(image, models, smooth_z=1.0, progress=False)
+    plain, _ = convert_volume(image, models, SamplingOptions(smooth_z=0.0), progress=False)
+    smoothed, _ = convert_volume(image, models, SamplingOptions(smooth_z=1.0), progress=False)
     default, _ = convert_volume(image, models, progress=False)  # the default is this filter (consistency.md)
     np.testing.assert_array_equal(array(default), array(smoothed))
     expected = array(plain).copy()
@@ -164,8 +167,8 @@ def test_input_problems_are_input_errors(models):
         convert_volume(as_image(ct_array()), models, body_mask=other_grid, progress=False)
     for bad in ({"noise": "pink"}, {"steps": 0}, {"samples": 0}, {"noise_correlation": 1.5},
                 {"smooth_z": -1.0}, {"sampler": "euler"}, {"batch_size": 0}):
-        with pytest.raises(InputError):
-            convert_volume(as_image(ct_array()), models, progress=False, **bad)
+        with pytest.raises(InputError):  # refused when the options are made, before any sampling
+            convert_volume(as_image(ct_array()), models, SamplingOptions(**bad), progress=False)
 
 
 
@@ -175,7 +178,7 @@ def test_encoders_other_than_the_trained_ones_are_refused(tmp_path):
     from convert_cases import tiny_run
 
     from diffma_cli.convert import load_models
-    from diffma_cli.train.run_folder import RUN_INFO
+    from diffma_cli.runs import RUN_INFO
 
     run = tiny_run(tmp_path / "run")
     assert load_models(run, "cpu").vae.scale == pytest.approx(0.18215)  # recorded scale of the tiny VAE

@@ -90,10 +90,10 @@ class World:
 def tiny_run(path: Path) -> Path:
     """A finished diffusion run folder of the demo recipe shrunk to 64² slices and a 1-block DiffMa-S/2."""
     from diffma_cli.config import apply_overrides, load_recipe, save_recipe
+    from diffma_cli.encoders.clip import load_clip
+    from diffma_cli.encoders.vae import load_vae
     from diffma_cli.models import create_model
-    from diffma_cli.models.clip import load_clip
-    from diffma_cli.models.vae import load_vae
-    from diffma_cli.train.run_folder import BACKBONE, EMBEDDER, RECIPE, RUN_INFO
+    from diffma_cli.runs import BACKBONE, EMBEDDER, RECIPE, RUN_INFO
     from diffma_cli.weights import save_model
 
     path.mkdir(parents=True)
@@ -114,7 +114,7 @@ def tiny_run(path: Path) -> Path:
 
 def _broken_runs(run: Path, root: Path) -> dict[str, Path]:
     from diffma_cli.models import create_model
-    from diffma_cli.train.run_folder import BACKBONE, RUN_INFO
+    from diffma_cli.runs import BACKBONE, RUN_INFO
     from diffma_cli.weights import save_model
 
     runs = {}
@@ -195,7 +195,7 @@ def _bad_trees(root: Path) -> dict[str, Path]:
 
 def _bad_weights(root: Path, run: Path) -> dict[str, Path]:
     from diffma_cli.models import create_model
-    from diffma_cli.train.run_folder import EMBEDDER
+    from diffma_cli.runs import EMBEDDER
     from diffma_cli.weights import save_model
 
     root.mkdir(parents=True)

@@ -176,7 +176,7 @@ CASES = [
           lambda w, o, a=(option, value): ["convert", w.ct, "-o", o / "mr.nii.gz", "--model", w.run,
                                            "--device", "cpu", *a], 2, (option.removeprefix("--"),))
       for option, value in [("--steps", 0), ("--steps", -3), ("--samples", 0), ("--batch-size", 0),
-                            ("--noise-correlation", 1.5), ("--noise-correlation", 0), ("--smooth-z", -1)]],
+                            ("--noise-correlation", 1.5), ("--noise-correlation", -0.1), ("--smooth-z", -1)]],
     Bad("convert", "unfinished run",
         lambda w, o: ["convert", w.ct, "-o", o / "mr.nii.gz", "--model", w.runs["unfinished"], "--device",
                       "cpu"], 2, ("unfinished", "--resume")),
@@ -298,17 +298,17 @@ COVERED_ELSEWHERE = {
                                   "overwrite",
     ("convert", "bad --noise, not a run folder, output without suffix, CUDA where there is none"):
         "convert/test_convert_cli.py::test_bad_options_model_and_device_are_one_line",
-    ("eval", "mismatched geometry"): "test_eval_cli.py::test_geometry_mismatch_is_one_line",
+    ("eval", "mismatched geometry"): "evaluation/test_eval_cli.py::test_geometry_mismatch_is_one_line",
     ("eval", "missing files, bad options"):
-        "test_eval_cli.py::test_missing_files_and_bad_options_are_one_line",
-    ("eval", "output exists"): "test_eval_cli.py::test_existing_outputs_need_overwrite",
-    ("import-weights", "output exists"): "test_weights_cli.py::test_existing_output_needs_overwrite",
-    ("import-weights", "malicious pickle"): "test_weights_cli.py::test_malicious_checkpoint_is_refused_and_"
-                                            "nothing_runs",
-    ("import-weights", "weights of another patch size"): "test_weights_cli.py::test_wrong_patch_size_is_one_"
-                                                         "clear_line",
-    ("info", "truncated or foreign safetensors"): "test_weights_cli.py::test_info_on_foreign_and_truncated_"
-                                                  "safetensors",
+        "evaluation/test_eval_cli.py::test_missing_files_and_bad_options_are_one_line",
+    ("eval", "output exists"): "evaluation/test_eval_cli.py::test_existing_outputs_need_overwrite",
+    ("import-weights", "output exists"): "weights/test_weights_cli.py::test_existing_output_needs_overwrite",
+    ("import-weights", "malicious pickle"):
+        "weights/test_weights_cli.py::test_malicious_checkpoint_is_refused_and_nothing_runs",
+    ("import-weights", "weights of another patch size"):
+        "weights/test_weights_cli.py::test_wrong_patch_size_is_one_clear_line",
+    ("info", "truncated or foreign safetensors"):
+        "weights/test_weights_cli.py::test_info_on_foreign_and_truncated_safetensors",
 }
 
 

@@ -106,7 +106,7 @@ def test_a_gpu_with_a_fast_scan_but_the_unfused_convolution_gets_the_optional_ad
 def test_hub_weights_are_looked_up_in_the_local_cache_only(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from diffma_cli.models.clip import WEIGHTS_FILE
+    from diffma_cli.encoders.clip import WEIGHTS_FILE
 
     vae_id, clip_id = "stabilityai/sd-vae-ft-ema", "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))

@@ -10,11 +10,12 @@ import yaml
 from reliability_world import World
 from typer.testing import CliRunner
 
+from diffma_cli import runs
 from diffma_cli.cli import app
 from diffma_cli.config import apply_overrides, load_recipe
+from diffma_cli.encoders.source import source_kind
+from diffma_cli.encoders.vae import tiny_autoencoder
 from diffma_cli.errors import InputError
-from diffma_cli.models.encoder_source import source_kind
-from diffma_cli.models.vae import tiny_autoencoder
 from diffma_cli.train import run_folder
 
 
@@ -23,11 +24,11 @@ def run_with_local_vae(world: World, root):
     project = root / "project"
     tiny_autoencoder().save_pretrained(project / "vae")  # the same weights as "tiny": same fingerprint
     run = shutil.copytree(world.run, project / "run")
-    recipe = apply_overrides(load_recipe(run / run_folder.RECIPE), {"encoders.vae": str(project / "vae")})
+    recipe = apply_overrides(load_recipe(run / runs.RECIPE), {"encoders.vae": str(project / "vae")})
     run_folder.save_run_recipe(recipe, run)
-    info = json.loads((run / run_folder.RUN_INFO).read_text(encoding="utf-8"))
-    info["encoder_paths"] = run_folder.local_encoder_paths(recipe)
-    (run / run_folder.RUN_INFO).write_text(json.dumps(info), encoding="utf-8")
+    info = json.loads((run / runs.RUN_INFO).read_text(encoding="utf-8"))
+    info["encoder_paths"] = runs.local_encoder_paths(recipe)
+    (run / runs.RUN_INFO).write_text(json.dumps(info), encoding="utf-8")
     return project, run
 
 
@@ -38,10 +39,10 @@ def convert(world: World, run, out):
 
 def test_the_recipe_names_local_encoders_relative_to_the_run(world: World, tmp_path):
     project, run = run_with_local_vae(world, tmp_path)
-    saved = yaml.safe_load((run / run_folder.RECIPE).read_text(encoding="utf-8"))["encoders"]
-    hub_or_tiny = load_recipe(world.run / run_folder.RECIPE).encoders.clip
+    saved = yaml.safe_load((run / runs.RECIPE).read_text(encoding="utf-8"))["encoders"]
+    hub_or_tiny = load_recipe(world.run / runs.RECIPE).encoders.clip
     assert saved["vae"] == "../vae" and saved["clip"] == hub_or_tiny
-    assert run_folder.read_run_recipe(run).encoders.vae == str((project / "vae").resolve())
+    assert runs.read_run_recipe(run).encoders.vae == str((project / "vae").resolve())
 
 
 def test_a_moved_or_copied_run_converts_from_any_directory(world: World, tmp_path, monkeypatch):
@@ -53,9 +54,9 @@ def test_a_moved_or_copied_run_converts_from_any_directory(world: World, tmp_pat
     moved = shutil.move(str(project), tmp_path / "moved")  # the project moved as a whole: relative paths
     assert convert(world, f"{moved}/run", tmp_path / "b.nii.gz").exit_code == 0
     copied = shutil.copytree(f"{moved}/run", tmp_path / "copy" / "run")  # the run alone: recorded path...
-    info = json.loads((copied / run_folder.RUN_INFO).read_text(encoding="utf-8"))
+    info = json.loads((copied / runs.RUN_INFO).read_text(encoding="utf-8"))
     info["encoder_paths"]["vae"] = str(tmp_path / "moved" / "vae")  # ...as the run.json of that place says
-    (copied / run_folder.RUN_INFO).write_text(json.dumps(info), encoding="utf-8")
+    (copied / runs.RUN_INFO).write_text(json.dumps(info), encoding="utf-8")
     result = convert(world, copied, tmp_path / "c.nii.gz")
     assert result.exit_code == 0, result.output
     shutil.rmtree(tmp_path / "moved" / "vae")
@@ -74,13 +75,13 @@ def test_a_missing_path_that_looks_like_a_hub_id_says_it_is_a_path(tmp_path, mon
 
 
 def test_run_folder_mistakes_are_named(world: World, tmp_path):
-    weights = world.run / run_folder.BACKBONE
+    weights = world.run / runs.BACKBONE
     result = convert(world, weights, tmp_path / "a.nii.gz")
     assert result.exit_code == 2 and "is a file, not a run folder" in result.stderr
     result = convert(world, tmp_path / "absent", tmp_path / "a.nii.gz")
     assert result.exit_code == 2 and "no such run folder" in result.stderr
     run = shutil.copytree(world.run, tmp_path / "run")
-    (run / run_folder.BACKBONE).unlink()
+    (run / runs.BACKBONE).unlink()
     result = convert(world, run, tmp_path / "a.nii.gz")
     assert result.exit_code == 2 and "finished run whose backbone.safetensors is missing" in result.stderr
     assert "--resume" not in result.stderr.replace("--resume cannot", "")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from diffma_cli.cli import app
 from diffma_cli.config import load_recipe, recipe_to_dict
-from diffma_cli.train.run_folder import load_run
+from diffma_cli.runs import load_run
 
 SIZE = 64
 EMBEDDER_ARGS = ["--recipe", "demo", "--patch", "2", "--set", "embedder.embed_dim=32", "--batch-size", "4",
@@ -72,7 +72,7 @@ def test_pelvis_512_is_pelvis_at_512():
 
 def test_clip_sees_slices_of_any_size_at_its_own_size():
     from diffma_cli.data.latent_cache import clip_embedding
-    from diffma_cli.models.clip import load_clip
+    from diffma_cli.encoders.clip import load_clip
 
     clip = load_clip("tiny")
     # A constant image resizes to the same constant: the embedding of a 64² slice must be that of 224².

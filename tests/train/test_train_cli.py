@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from diffma_cli.cli import app
 from diffma_cli.config import apply_overrides, load_recipe
+from diffma_cli.runs import load_run
 from diffma_cli.train import api, run_log
-from diffma_cli.train.run_folder import load_run
 from diffma_cli.weights import load_model
 
 # The demo recipe shrunk further: patch 7 (16 tokens), width 32, tiny VAE stand-in, no CLIP.

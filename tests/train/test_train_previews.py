@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from diffma_cli.cli import app
 from diffma_cli.config import apply_overrides, load_recipe
-from diffma_cli.convert import load_models, sample_slices, sampling_options
+from diffma_cli.convert import SamplingOptions, load_models, sample_slices
 from diffma_cli.data.dataset import PreparedSlices
 from diffma_cli.train import api, previews, run_log
 
@@ -59,8 +59,8 @@ def test_previews_show_ct_the_ema_sample_and_mr(prepared_data, embedder, tmp_pat
     # The step-4 preview was sampled with the final EMA backbone, the one the run exports: sampling the
     # finished run again as `convert` does gives the same image.
     models = load_models(run, device="cpu")
-    options = sampling_options(models.recipe, sampler="dpm", steps=previews.PREVIEW_STEPS,
-                               seed=previews.PREVIEW_SEED, batch_size=len(picks))
+    options = SamplingOptions(sampler="dpm", steps=previews.PREVIEW_STEPS, seed=previews.PREVIEW_SEED,
+                              batch_size=len(picks)).resolved(models.recipe)
     again = sample_slices(models, ct, options, progress=False)[0]
     generated = column(last, 1, len(picks)).astype(int)
     assert np.abs(generated - unit_to_grey(again)).max() <= 1

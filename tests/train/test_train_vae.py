@@ -54,7 +54,7 @@ def test_train_vae_writes_a_diffusers_folder_with_val_psnr(tmp_path, monkeypatch
 
     from diffusers import AutoencoderKL
 
-    from diffma_cli.models.vae import load_vae
+    from diffma_cli.encoders.vae import load_vae
 
     info = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert info["kind"] == "vae" and info["finished"] and info["steps"] == 6

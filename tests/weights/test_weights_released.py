@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from released_baselines import load_released_baseline
+from released_baselines import assert_matches_float32_reference, load_released_baseline
 from safetensors import safe_open
 
 from diffma_cli.errors import InputError
 from diffma_cli.models import create_model, model_names
 from diffma_cli.weights import load_model, save_model
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 RELEASED_EMBEDDERS = DATA / "released-embedder"
 
 
@@ -60,9 +60,9 @@ def test_released_baseline_checkpoints_import_and_reproduce_the_released_output(
     assert model.config["name"].split("-")[0] == released_name.split("-")[0]
     for key in ("depth", "hidden_size", "patch_size", "input_size"):
         assert model.config[key] == config[key], key
-    with torch.no_grad():
-        output = model(*inputs)
-    assert ((output - expected).norm() / expected.norm()).item() <= 1e-5
+    with torch.no_grad():  # float64, as in tests/models/test_baselines.py (the reference's own error there)
+        output = model.double()(*[x.double() if x.is_floating_point() else x for x in inputs])
+    assert_matches_float32_reference(output, expected)
 
 
 def _tiny_diffma():

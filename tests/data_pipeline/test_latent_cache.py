@@ -5,9 +5,9 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from diffma_cli.data.latent_cache import LatentCache, default_cache_file, ensure_latent_cache
+from diffma_cli.encoders.clip import load_clip
+from diffma_cli.encoders.vae import load_vae
 from diffma_cli.errors import InputError
-from diffma_cli.models.clip import load_clip
-from diffma_cli.models.vae import load_vae
 
 
 class StandInSlices(Dataset):

@@ -23,8 +23,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from diffma_cli.errors import InputError, UnsafeFileError
-from diffma_cli.models.encoder_source import (
+from diffma_cli.encoders.source import (
     TINY,
     WEIGHT_SUFFIXES,
     freeze,
@@ -33,7 +32,8 @@ from diffma_cli.models.encoder_source import (
     source_kind,
     weights_fingerprint,
 )
-from diffma_cli.models.vae import to_three_channels
+from diffma_cli.encoders.vae import to_three_channels
+from diffma_cli.errors import InputError, UnsafeFileError
 
 BIOMEDCLIP_HUB_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 NONE = "none"

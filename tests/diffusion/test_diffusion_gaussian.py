@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from diffma_cli.diffusion.gaussian import GaussianDiffusion, linear_betas, released_betas, respace_betas
 
-RELEASED = Path(__file__).parent / "data" / "released" / "diffusion_losses.safetensors"
+RELEASED = Path(__file__).parents[1] / "data" / "released" / "diffusion_losses.safetensors"
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from diffma_cli.cli import app
 
-RELEASED_EMBEDDERS = Path(__file__).parent / "data" / "released-embedder"
+RELEASED_EMBEDDERS = Path(__file__).parents[1] / "data" / "released-embedder"
 BRAIN = RELEASED_EMBEDDERS / "brain_patch_size_2.pt"
 
 

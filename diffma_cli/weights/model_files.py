@@ -9,8 +9,8 @@ everything needed to rebuild the model:
     provenance     (optional) JSON: where the weights came from, e.g. the released checkpoint they were
                    imported from, its sha256, which weights (EMA or raw) and its training options
 
-`load_model` also reads the released `.pt` checkpoints (safely: see `io/torch_checkpoint.py`) and works out
-which network they hold from their keys and shapes (`io/released_checkpoint.py`).
+`load_model` also reads the released `.pt` checkpoints (safely: see `weights/torch_pickle.py`) and works out
+which network they hold from their keys and shapes (`weights/released.py`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from diffma_cli import __version__
 from diffma_cli.errors import InputError
 from diffma_cli.io.atomic import atomic_file, check_output
 from diffma_cli.io.hashing import file_sha256
-from diffma_cli.io.released_checkpoint import ReleasedCheckpoint, recognise
-from diffma_cli.io.torch_checkpoint import load_tensors
+from diffma_cli.weights.released import ReleasedCheckpoint, recognise
+from diffma_cli.weights.torch_pickle import load_tensors
 
 FORMAT = "diffma"
 SUFFIX = ".safetensors"

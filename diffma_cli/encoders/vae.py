@@ -15,8 +15,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import nn
 
-from diffma_cli.errors import EnvironmentProblem, InputError
-from diffma_cli.models.encoder_source import (
+from diffma_cli.encoders.source import (
     TINY,
     freeze,
     hub_unreachable,
@@ -24,6 +23,7 @@ from diffma_cli.models.encoder_source import (
     source_kind,
     weights_fingerprint,
 )
+from diffma_cli.errors import EnvironmentProblem, InputError
 
 SD_VAE_HUB_ID = "stabilityai/sd-vae-ft-ema"
 

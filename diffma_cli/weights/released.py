@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from diffma_cli.errors import InputError
-from diffma_cli.io.torch_checkpoint import StoredTensor, plain_data, read_torch_checkpoint
+from diffma_cli.weights.torch_pickle import StoredTensor, plain_data, read_torch_checkpoint
 
 #: Depth of each released size letter (`model.py`): S 4, B 8, L 16, XL 28, XXL 56, and the 13-layer "BL"
 #: baselines and 7-layer "SB" DiT the paper compares at matched parameter counts.

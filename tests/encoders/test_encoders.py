@@ -7,10 +7,10 @@ import pathlib
 import pytest
 import torch
 
+from diffma_cli.encoders.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, load_clip
+from diffma_cli.encoders.source import identity_key
+from diffma_cli.encoders.vae import SD_LATENT_SCALE, load_vae, tiny_autoencoder
 from diffma_cli.errors import EnvironmentProblem, InputError, UnsafeFileError
-from diffma_cli.models.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, load_clip
-from diffma_cli.models.encoder_source import identity_key
-from diffma_cli.models.vae import SD_LATENT_SCALE, load_vae, tiny_autoencoder
 
 # A core dependency, but a GPU machine given only the wheels it needs may lack it: skip this module there
 # instead of stopping the collection of every other test (seen with `pytest -m gpu`).

@@ -5,8 +5,8 @@ import torch
 
 from diffma_cli.data.latent_cache import LatentCache, ensure_latent_cache
 from diffma_cli.diffusion.samplers import SAMPLERS, draw_noise, sample
-from diffma_cli.models.clip import load_clip
-from diffma_cli.models.vae import load_vae
+from diffma_cli.encoders.clip import load_clip
+from diffma_cli.encoders.vae import load_vae
 
 pytestmark = pytest.mark.gpu
 

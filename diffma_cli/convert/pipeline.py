@@ -28,17 +28,15 @@ input's. `convert_path` does files, DICOM series folders and folders of volumes 
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from diffma_cli.config import Recipe
+from diffma_cli.convert.models import ConversionModels
+from diffma_cli.convert.options import COMBINE_MODES, SamplingOptions
 from diffma_cli.data.latent_cache import clip_embedding
 from diffma_cli.data.normalise import ct_from_unit, ct_to_unit, mr_scaling, mr_to_unit
 from diffma_cli.data.slicing import (
@@ -48,118 +46,13 @@ from diffma_cli.data.slicing import (
     slice_volume,
     unslice_volume,
 )
-from diffma_cli.diffusion.gaussian import DIFFUSION_STEPS
-from diffma_cli.diffusion.samplers import SAMPLERS, draw_noise, sample
+from diffma_cli.diffusion.samplers import draw_noise, sample
 from diffma_cli.errors import InputError
 from diffma_cli.models.backbone import regression_latents
+from diffma_cli.profiling import stage
 
-NOISE_MODES = ("independent", "shared", "correlated")
-DEFAULT_NOISE = "independent"
-# AR(1) coefficient between the starting noise of neighbouring slices for --noise correlated: a starting
-# point, to be replaced by what the measurements in docs/consistency.md support.
-DEFAULT_NOISE_CORRELATION = 0.9
-# Gaussian sigma (voxels) of the through-plane filter of the result. 1.0, not off, from the H100 comparison in
-# docs/consistency.md: of the options measured it was the only one that improved every measure against
-# independent slices without a filter (per-slice SSIM, 3-D SSIM, MAE, sagittal/coronal SSIM, roughness).
-# 0 gives the method as published (and what Table 2 in docs/quality.md scores).
-DEFAULT_SMOOTH_Z = 1.0
 # prepare's value outside the body after normalisation (data/prepare.py FILL): air for CT, dark MR.
 BACKGROUND = -1.0
-# Test-time augmentation (none, or the left-right mirror image too) and how members are combined.
-TTA_MODES = ("none", "flip")
-COMBINE_MODES = ("mean", "median")
-
-
-@dataclass
-class ConversionModels:
-    """Everything sampling needs, on one device: the run's recipe, EMA backbone, embedder, frozen encoders."""
-
-    recipe: Recipe
-    backbone: torch.nn.Module
-    embedder: torch.nn.Module
-    vae: torch.nn.Module  # diffma_cli.models.vae.FrozenVAE
-    clip: torch.nn.Module  # diffma_cli.models.clip.FrozenClip
-    device: torch.device
-
-    @property
-    def direction(self) -> str:
-        """"ct->mr" or "mr->ct" (recipe data.direction)."""
-        return self.recipe.data.direction
-
-
-def load_models(run_dir: str | Path, device: str = "auto") -> ConversionModels:
-    """Read a diffusion run folder (`load_run`) and its frozen encoders (recipe.encoders) onto `device`.
-
-    The VAE's latent scale is the one the run trained with (run.json `encoders.latent_scale`, else the
-    recipe's, else the VAE's own). Encoders whose weights differ from those recorded in run.json (a changed
-    local folder, another hub revision) are refused: the model would see latents it was not trained on.
-    `device`: "auto" (CUDA if available), "cpu", "cuda" or "cuda:N"; CUDA where there is none raises
-    EnvironmentProblem. Encoders that are not available offline raise EnvironmentProblem (docs/encoders.md).
-    """
-    from diffma_cli.models.clip import load_clip
-    from diffma_cli.models.vae import load_vae
-    from diffma_cli.train.distributed import resolve_device
-    from diffma_cli.train.run_folder import load_run
-
-    where = resolve_device(device)
-    run = load_run(run_dir)
-    encoders, trained = run.recipe.encoders, run.info.get("encoders") or {}
-    offline = True if encoders.offline else None  # None: follow HF_HUB_OFFLINE, as training does
-    scale = trained.get("latent_scale", encoders.latent_scale)
-    vae = load_vae(encoders.vae, offline=offline, device=where, scale=scale)
-    clip = load_clip(encoders.clip, offline=offline, device=where)
-    for what, encoder, source in (("vae", vae, encoders.vae), ("clip", clip, encoders.clip)):
-        check_same_encoder(what, encoder.identity, trained.get(what), source, run.path)
-    backbone, embedder = run.backbone.to(where).eval(), run.embedder.to(where).eval()
-    return ConversionModels(run.recipe, backbone, embedder, vae, clip, where)
-
-
-def check_same_encoder(what: str, identity: dict, recorded: dict | None, source: str, run_path) -> None:
-    """InputError if a loaded encoder computes something else than the one the run recorded (weights
-    fingerprint, or CLIP's "none" and its input normalisation); nothing to compare for older runs."""
-    if not isinstance(recorded, dict):
-        return
-    keys = ("weights_sha256", "weights", "normalize")
-    if any(recorded.get(key) != identity.get(key) for key in keys if key in recorded or key in identity):
-        raise InputError(f"the {what.upper()} named by the recipe ({source}) is not the one this run was "
-                         "trained with (different weights)", path=run_path,
-                         hint=f"make encoders.{what} in recipe.yaml point to the training's {what.upper()}")
-
-
-class StageClock:
-    """Accumulated time per pipeline stage ("vae", "clip", "embedder", "backbone"), for benchmarks.
-
-    On CUDA it records CUDA events (no synchronisation while converting); on the CPU wall-clock time.
-    `seconds()` synchronises once and returns {stage: seconds}.
-    """
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.events: dict[str, list] = {}
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            yield
-            end.record()
-            self.events.setdefault(stage, []).append((start, end))
-        else:
-            began = time.perf_counter()
-            yield
-            self.events.setdefault(stage, []).append(time.perf_counter() - began)
-
-    def seconds(self) -> dict[str, float]:
-        if self.cuda:
-            torch.cuda.synchronize()
-            return {stage: sum(start.elapsed_time(end) for start, end in pairs) / 1000  # ms -> s
-                    for stage, pairs in self.events.items()}
-        return {stage: float(sum(times)) for stage, times in self.events.items()}
-
-
-def _no_clock(stage: str):
-    return nullcontext()
 
 
 # ---------------------------------------------------------------- checks and normalisation
@@ -210,55 +103,6 @@ def normalise_input(values: np.ndarray, modality: str, body: np.ndarray, recipe:
 
 # ---------------------------------------------------------------- sampling
 
-@dataclass(frozen=True)
-class SamplingOptions:
-    """How to sample a volume (docs/convert.md); build with `sampling_options`, which checks every value."""
-
-    sampler: str
-    steps: int
-    seed: int
-    samples: int
-    batch_size: int
-    noise: str
-    noise_correlation: float
-    smooth_z: float
-
-
-def sampling_options(recipe: Recipe, *, sampler: str | None = None, steps: int | None = None,
-                     seed: int | None = None, samples: int = 1, batch_size: int | None = None,
-                     noise: str = DEFAULT_NOISE, noise_correlation: float = DEFAULT_NOISE_CORRELATION,
-                     smooth_z: float = DEFAULT_SMOOTH_Z) -> SamplingOptions:
-    """Options with None taken from the recipe's `sampling` section; InputError for the first bad value."""
-    defaults = recipe.sampling
-    options = SamplingOptions(
-        sampler=defaults.sampler if sampler is None else sampler,
-        steps=defaults.steps if steps is None else steps,
-        seed=defaults.seed if seed is None else seed,
-        samples=samples,
-        batch_size=defaults.batch_size if batch_size is None else batch_size,
-        noise=noise, noise_correlation=float(noise_correlation), smooth_z=float(smooth_z))
-    if options.sampler not in SAMPLERS:
-        raise InputError(f"unknown sampler {options.sampler!r}", hint=f"choose one of {', '.join(SAMPLERS)}")
-    if options.noise not in NOISE_MODES:
-        raise InputError(f"unknown noise mode {options.noise!r}",
-                         hint=f"choose one of {', '.join(NOISE_MODES)}")
-    checks = [
-        (1 <= options.steps <= DIFFUSION_STEPS,
-         f"--steps must be between 1 and {DIFFUSION_STEPS}, got {options.steps}"),
-        (options.samples >= 1, f"--samples must be at least 1, got {options.samples}"),
-        (0 <= options.seed < 2**63, f"--seed must be in [0, 2^63), got {options.seed}"),
-        (options.batch_size >= 1, f"--batch-size must be at least 1, got {options.batch_size}"),
-        (0.0 < options.noise_correlation <= 1.0,
-         f"--noise-correlation must be in (0, 1], got {options.noise_correlation}"),
-        (math.isfinite(options.smooth_z) and options.smooth_z >= 0.0,
-         f"--smooth-z must be >= 0 voxels, got {options.smooth_z}"),
-    ]
-    for ok, problem in checks:
-        if not ok:
-            raise InputError(problem)
-    return options
-
-
 def starting_noise(shape: tuple[int, ...], noise: str, noise_correlation: float,
                    generator: torch.Generator) -> torch.Tensor:
     """(n, C, h, w) starting noise for n slices in z order (CPU float32; see `draw_noise`).
@@ -273,42 +117,42 @@ def starting_noise(shape: tuple[int, ...], noise: str, noise_correlation: float,
     return draw_noise(shape, generator=generator, z_correlation=correlation)
 
 
-def _condition(models: ConversionModels, images: torch.Tensor, clock) -> tuple[torch.Tensor, ...]:
+def _condition(models: ConversionModels, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """images (b, 1, S, S) in [-1, 1] -> y (b, E) CLIP embedding, y2 (b, T, D) tokens, w (b, T, 1) mask,
     source (b, C, h, w) CT latent (an input of the `latent` conditions)."""
-    with clock("vae"):
+    with stage("vae"):
         source = models.vae.encode(images).mean * models.vae.scale  # (b, 4, S/8, S/8)
-    with clock("clip"):
+    with stage("clip"):
         if models.clip.visual is None:  # no CLIP: the condition vector carries no image embedding
             y = torch.zeros(images.shape[0], models.backbone.config["hidden_size"], device=images.device)
         else:
             y = clip_embedding(models.clip, images)  # (b, E), resized to CLIP's input size as in training
-    with clock("embedder"):
+    with stage("embedder"):
         w, y2 = models.embedder(source)
     return y, y2, w, source
 
 
 def _denoiser(models: ConversionModels, y: torch.Tensor, y2: torch.Tensor, w: torch.Tensor,
-              source: torch.Tensor, clock):
+              source: torch.Tensor):
     """model_fn(x_t, t) for the samplers: the backbone with this batch's conditions."""
 
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with clock("backbone"):
+        with stage("backbone"):
             return models.backbone(x_t, t, y, y2, w, source)  # (b, 2C, h, w): epsilon and variance value
 
     return model_fn
 
 
-def _decode(models: ConversionModels, latents: torch.Tensor, clock) -> np.ndarray:
+def _decode(models: ConversionModels, latents: torch.Tensor) -> np.ndarray:
     """Diffusion latents (b, 4, h, w) -> (b, 8h, 8w) float32 images in [-1, 1] (mean of the 3 channels)."""
-    with clock("vae"):
+    with stage("vae"):
         images = models.vae.decode(latents)  # (b, 3, S, S), divided by the latent scale first
     return images.mean(dim=1).clamp_(-1.0, 1.0).cpu().numpy()
 
 
 @torch.no_grad()
 def sample_slices(models: ConversionModels, slices: np.ndarray, options: SamplingOptions, *,
-                  progress: bool = True, clock=None) -> np.ndarray:
+                  progress: bool = True) -> np.ndarray:
     """Normalised source slices (n, S, S) in z order -> generated (samples, n, S, S) float32 in [-1, 1].
 
     Sample k draws from `torch.Generator().manual_seed(seed + k)` (CPU, so a seed gives the same noise on
@@ -317,7 +161,6 @@ def sample_slices(models: ConversionModels, slices: np.ndarray, options: Samplin
     """
     from tqdm.auto import tqdm
 
-    clock = clock or _no_clock
     device = models.device
     latent_side = slices.shape[-1] // models.vae.downsample
     shape = (len(slices), models.backbone.in_channels, latent_side, latent_side)
@@ -332,20 +175,20 @@ def sample_slices(models: ConversionModels, slices: np.ndarray, options: Samplin
         for start in batches:
             stop = start + options.batch_size
             images = torch.from_numpy(slices[start:stop]).to(device)[:, None]  # (b, 1, S, S)
-            conditions = _condition(models, images, clock)
+            conditions = _condition(models, images)
             if models.recipe.diffusion.objective == "regression":  # one deterministic pass, no sampling
-                with clock("backbone"):
+                with stage("backbone"):
                     latents = regression_latents(models.backbone, *conditions)
-                out[:, start:stop] = _decode(models, latents, clock)
+                out[:, start:stop] = _decode(models, latents)
                 bar.update(options.samples)
                 continue
-            model_fn = _denoiser(models, *conditions, clock)
+            model_fn = _denoiser(models, *conditions)
             for k in range(options.samples):
                 initial = noises[k][start:stop].to(device)
                 latents = sample(model_fn, tuple(initial.shape), sampler=options.sampler,
                                  steps=options.steps, generator=generators[k], initial_noise=initial,
                                  device=device, progress=False)
-                out[k, start:stop] = _decode(models, latents, clock)
+                out[k, start:stop] = _decode(models, latents)
                 bar.update()
     return out
 
@@ -384,7 +227,8 @@ def combine_volumes(volumes, count: int, combine: str = "mean") -> tuple[np.ndar
     """Per-voxel mean or median and standard deviation (ddof 1; None for one volume) of `count` float32
     volumes, in float64 arithmetic. The mean streams (one volume in memory besides the sums); the median
     stacks them all."""
-    check_combination("none", combine)
+    if combine not in COMBINE_MODES:
+        raise InputError(f"unknown combination {combine!r}", hint=f"choose one of {', '.join(COMBINE_MODES)}")
     if count == 1:
         return next(iter(volumes)), None
     if combine == "median":
@@ -400,16 +244,10 @@ def combine_volumes(volumes, count: int, combine: str = "mean") -> tuple[np.ndar
     return (total / count).astype(np.float32), np.sqrt(np.clip(variance, 0.0, None)).astype(np.float32)
 
 
-def member_count(models: int, samples: int, tta: str) -> int:
-    """How many volumes a conversion combines: every run x (the CT and its mirror image with --tta flip) x
-    every sample."""
-    return models * (2 if tta == "flip" else 1) * samples
-
-
 def prepare_slices(values: np.ndarray, spacing_xyz, models: ConversionModels, body: np.ndarray | None = None,
                    source: str | Path | None = None) -> tuple[np.ndarray, dict, np.ndarray]:
     """Steps 1-3: check, find the body, normalise and slice -> ((n, S, S) slices, slicing record, body)."""
-    source_modality = models.direction.split("->")[0]
+    source_modality = models.recipe.data.source
     values = np.asarray(values, dtype=np.float32)
     check_input(values, source_modality, source)
     body = body_from_image(values, source_modality, spacing_xyz) if body is None else np.asarray(body, bool)
@@ -426,28 +264,28 @@ def prepare_slices(values: np.ndarray, spacing_xyz, models: ConversionModels, bo
 
 def _in_output_units(volume: np.ndarray, models: ConversionModels) -> np.ndarray:
     """A generated volume on prepare's [-1, 1] scale -> the output's units (HU through the window for CT)."""
-    if models.direction.split("->")[1] == "ct":
+    if models.recipe.data.target == "ct":
         return ct_from_unit(volume, tuple(models.recipe.data.ct_window_hu))
     return volume
 
 
 def _member_volumes(values: np.ndarray, spacing_xyz, ensemble: list[ConversionModels], body: np.ndarray,
-                    options: SamplingOptions, tta: str, progress: bool, source, clock):
+                    options: SamplingOptions, progress: bool, source):
     """Yield the volume of every member: each run x (the slices, their mirror image for --tta flip) x each
     sample, in the output's units on the input grid (z filter applied)."""
     for models in ensemble:
-        with clock("prepare"):
+        with stage("prepare"):
             slices, record, _ = prepare_slices(values, spacing_xyz, models, body, source)
         z_range = (record["slices"][0], record["slices"][-1])
-        for flip in (False, True) if tta == "flip" else (False,):
+        for flip in (False, True) if options.tta == "flip" else (False,):
             # Left-right: the slice's columns (array x), mirrored in, sampled, and mirrored back. Mirroring
             # the slices equals slicing the mirrored volume: the square field of view is centred.
             source_slices = np.ascontiguousarray(slices[..., ::-1]) if flip else slices
-            generated = sample_slices(models, source_slices, options, progress=progress, clock=clock)
+            generated = sample_slices(models, source_slices, options, progress=progress)
             if flip:
                 generated = generated[..., ::-1]
             for one in generated:
-                with clock("finish"):
+                with stage("finish"):
                     volume = unslice_volume(one, record, "linear", BACKGROUND)
                     volume = _in_output_units(smooth_along_z(volume, options.smooth_z, z_range), models)
                 yield volume
@@ -465,37 +303,26 @@ def as_ensemble(models) -> list[ConversionModels]:
     return ensemble
 
 
-def check_combination(tta: str, combine: str) -> None:
-    """InputError for an unknown --tta or --combine value."""
-    if tta not in TTA_MODES:
-        raise InputError(f"unknown test-time augmentation {tta!r}",
-                         hint=f"choose one of {', '.join(TTA_MODES)}")
-    if combine not in COMBINE_MODES:
-        raise InputError(f"unknown combination {combine!r}", hint=f"choose one of {', '.join(COMBINE_MODES)}")
-
-
-def convert_array(values: np.ndarray, spacing_xyz, models, *, options: SamplingOptions,
-                  body: np.ndarray | None = None, mask: bool = False, tta: str = "none",
-                  combine: str = "mean", progress: bool = True, source: str | Path | None = None,
-                  clock=None) -> tuple[np.ndarray, np.ndarray | None]:
+def convert_array(values: np.ndarray, spacing_xyz, models, options: SamplingOptions | None = None, *,
+                  body: np.ndarray | None = None, mask: bool = False, progress: bool = True,
+                  source: str | Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The array core of `convert_volume` (no SimpleITK): values (z, y, x) of the source modality with voxel
     spacing (x, y, z) mm, optional bool body (z, y, x) -> (float32 mean or median (z, y, x), std or None).
 
-    `models`: one `ConversionModels` or a list of them (an ensemble of runs of one direction). tta "flip"
-    adds the mirror image (array x) of every slice; combine "mean" or "median" over all members (runs x
-    flips x samples), the std over all of them. `clock` stages: prepare, vae, clip, embedder, backbone,
-    finish."""
-    clock = clock or _no_clock
+    `models`: one `ConversionModels` or a list of them (an ensemble of runs of one direction; options left
+    to the recipe come from the first). tta "flip" adds the mirror image (array x) of every slice; combine
+    "mean" or "median" over all members (runs x flips x samples), the std over all of them. Its stages
+    (diffma_cli.profiling): prepare, vae, clip, embedder, backbone, finish."""
     ensemble = as_ensemble(models)
-    check_combination(tta, combine)
-    with clock("prepare"):  # the body once for all members (prepare_slices checks it)
+    options = (options or SamplingOptions()).resolved(ensemble[0].recipe)
+    with stage("prepare"):  # the body once for all members (prepare_slices checks it)
         values = np.asarray(values, dtype=np.float32)
-        source_modality = ensemble[0].direction.split("->")[0]
+        source_modality = ensemble[0].recipe.data.source
         check_input(values, source_modality, source)
         if body is None:
             body = body_from_image(values, source_modality, spacing_xyz)
-    volumes = _member_volumes(values, spacing_xyz, ensemble, body, options, tta, progress, source, clock)
-    centre, std = combine_volumes(volumes, member_count(len(ensemble), options.samples, tta), combine)
+    volumes = _member_volumes(values, spacing_xyz, ensemble, body, options, progress, source)
+    centre, std = combine_volumes(volumes, options.members(len(ensemble)), options.combine)
     if mask:
         body = np.asarray(body, bool)
         centre[~body] = float(_in_output_units(np.float32(BACKGROUND), ensemble[0]))
@@ -504,34 +331,26 @@ def convert_array(values: np.ndarray, spacing_xyz, models, *, options: SamplingO
     return centre, std
 
 
-def convert_volume(image, models, *, body_mask=None, sampler: str | None = None,
-                   steps: int | None = None, seed: int | None = None, samples: int = 1,
-                   batch_size: int | None = None, noise: str = DEFAULT_NOISE,
-                   noise_correlation: float = DEFAULT_NOISE_CORRELATION,
-                   smooth_z: float = DEFAULT_SMOOTH_Z, tta: str = "none", combine: str = "mean",
-                   mask: bool = False, progress: bool = True, source: str | Path | None = None, clock=None):
+def convert_volume(image, models, options: SamplingOptions | None = None, *, body_mask=None,
+                   mask: bool = False, progress: bool = True, source: str | Path | None = None):
     """Convert one volume; returns (generated `SimpleITK.Image`, standard-deviation image or None).
 
     image: the source modality of the run (CT in HU for ct->mr, MR in scanner units for mr->ct), any
     geometry: converted in the runs' `data.orientation` (diffma_cli.data.orientation) and put back on the
-    input's grid. models: a `ConversionModels` or a list of them (an ensemble; sampling defaults from the
-    first). body_mask: optional `SimpleITK.Image` on the same grid (voxels > 0 = body), else computed.
-    sampler/steps/seed/batch_size: None takes the recipe's `sampling` section. samples K: sample k uses
-    seed + k. tta "flip": also convert the left-right mirror image and mirror the result back. The output is
-    the per-voxel mean (or median: combine) of all members (runs x flips x samples) and, with more than one
-    member, their standard deviation (ddof 1). noise / noise_correlation / smooth_z: the slice-consistency
-    options (docs/consistency.md). mask: voxels outside the body -> background.
+    input's grid. models: a `ConversionModels` or a list of them (an ensemble). options: `SamplingOptions`
+    (default: the recipe's sampler, steps, seed and batch size, one sample); sample k uses seed + k; tta
+    "flip" also converts the left-right mirror image and mirrors the result back. The output is the
+    per-voxel mean (or median: combine) of all members (runs x flips x samples) and, with more than one
+    member, their standard deviation (ddof 1). body_mask: optional `SimpleITK.Image` on the same grid
+    (voxels > 0 = body), else computed. mask: voxels outside the body -> background.
     Both outputs are float32 on the input's grid: [-1, 1] for MR, HU for CT (std in the same units).
-    `source` names the input in error messages; `clock` is a `StageClock` for benchmarks.
+    `source` names the input in error messages.
     """
     import SimpleITK as sitk
 
     from diffma_cli.data.orientation import reorient, restore
 
     ensemble = as_ensemble(models)
-    options = sampling_options(ensemble[0].recipe, sampler=sampler, steps=steps, seed=seed, samples=samples,
-                               batch_size=batch_size, noise=noise, noise_correlation=noise_correlation,
-                               smooth_z=smooth_z)
     orientations = sorted({member.recipe.data.orientation for member in ensemble})
     if len(orientations) > 1:
         raise InputError(f"the runs were trained in different orientations ({', '.join(orientations)})",
@@ -544,9 +363,8 @@ def convert_volume(image, models, *, body_mask=None, sampler: str | None = None,
         body = sitk.GetArrayFromImage(reorient(body_mask, orientations[0])) > 0
     # Convert in the frame the runs were trained in (axes permuted/flipped exactly), then back.
     oriented = reorient(image, orientations[0])
-    mean, std = convert_array(sitk.GetArrayFromImage(oriented), oriented.GetSpacing(), ensemble, body=body,
-                              options=options, mask=mask, tta=tta, combine=combine, progress=progress,
-                              source=source, clock=clock)
+    mean, std = convert_array(sitk.GetArrayFromImage(oriented), oriented.GetSpacing(), ensemble, options,
+                              body=body, mask=mask, progress=progress, source=source)
 
     def on_input_grid(values):
         return restore(_output_image(values, oriented), image)

@@ -14,7 +14,7 @@ import torch
 from fake_omegaconf import write_fake_omegaconf
 
 from diffma_cli.errors import InputError, UnsafeFileError
-from diffma_cli.io.torch_checkpoint import (
+from diffma_cli.weights.torch_pickle import (
     InertObject,
     StoredTensor,
     load_tensors,
@@ -22,7 +22,7 @@ from diffma_cli.io.torch_checkpoint import (
     read_torch_checkpoint,
 )
 
-RELEASED_EMBEDDERS = Path(__file__).parent / "data" / "released-embedder"
+RELEASED_EMBEDDERS = Path(__file__).parents[1] / "data" / "released-embedder"
 
 
 @pytest.mark.parametrize("name", ["brain_patch_size_2.pt", "pelvis_patch_size_2.pt"])

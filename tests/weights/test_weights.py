@@ -15,8 +15,8 @@ from torch import nn
 import diffma_cli.models
 from diffma_cli import __version__
 from diffma_cli.errors import InputError, OutputError
-from diffma_cli.io.released_checkpoint import recognise
 from diffma_cli.weights import load_model, save_model
+from diffma_cli.weights.released import recognise
 
 
 class _TinyNet(nn.Module):

@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffma_cli.cohort import cohort_group, gather, split, this_share, wait_for_all
+from diffma_cli.convert.cohort import cohort_group, gather, split, this_share, wait_for_all
+from diffma_cli.convert.options import SamplingOptions
 from diffma_cli.errors import InputError, OutputError
 from diffma_cli.io.atomic import check_output
 from diffma_cli.io.volumes import (
@@ -191,24 +192,21 @@ def refuse_overwriting_inputs(jobs: list[Job]) -> None:
                                      hint="choose another output name; --overwrite never replaces inputs")
 
 
-def convert_path(input_path: str | Path, output: str | Path, run_dir, *, device: str = "auto",
-                 overwrite: bool = False, body_mask: str | Path | None = None, mask: bool = False,
-                 output_format: str = "auto", tta: str = "none", combine: str = "mean", progress: bool = True,
-                 **sampling) -> ConvertResult:
+def convert_path(input_path: str | Path, output: str | Path, run_dir, options: SamplingOptions | None = None,
+                 *, device: str = "auto", overwrite: bool = False, body_mask: str | Path | None = None,
+                 mask: bool = False, output_format: str = "auto", progress: bool = True) -> ConvertResult:
     """Convert a volume file, DICOM series folder or folder of volumes with the run in `run_dir` (or the
     ensemble of runs in a list of run folders; sampling defaults from the first).
 
-    `sampling`: `sampling_options`' keywords (sampler, steps, seed, samples, batch_size, noise,
-    noise_correlation, smooth_z; None = the recipe's). `mask`, `body_mask`, `tta`, `combine`: see
-    `convert_volume` (a body-mask file is for one volume); a standard-deviation map is written when more than
-    one volume is combined. `output_format`: "auto" (volume files; a DICOM series for a DICOM series in and
-    an output without a volume suffix) or "dicom" (module docstring). Options, outputs and (for one volume)
-    the input are checked before the models load: an existing output without `overwrite` raises OutputError
-    (one volume) or is skipped (folder mode: resuming).
+    `options`: `SamplingOptions` (what it leaves None comes from the first run's recipe). `mask`,
+    `body_mask`: see `convert_volume` (a body-mask file is for one volume); a standard-deviation map is
+    written when more than one volume is combined. `output_format`: "auto" (volume files; a DICOM series
+    for a DICOM series in and an output without a volume suffix) or "dicom" (module docstring). Options,
+    outputs and (for one volume) the input are checked before the models load: an existing output without
+    `overwrite` raises OutputError (one volume) or is skipped (folder mode: resuming).
     """
-    from diffma_cli.convert import check_combination, member_count, sampling_options
-    from diffma_cli.train.distributed import resolve_device
-    from diffma_cli.train.run_folder import read_run_info, read_run_recipe
+    from diffma_cli.devices import resolve_device
+    from diffma_cli.runs import read_run_info, read_run_recipe
 
     run_dirs = [Path(path) for path in ([run_dir] if isinstance(run_dir, (str, Path)) else run_dir)]
     if not run_dirs:
@@ -221,11 +219,9 @@ def convert_path(input_path: str | Path, output: str | Path, run_dir, *, device:
     if len(directions) > 1:
         raise InputError(f"the runs convert different directions ({', '.join(directions)})",
                          hint="combine runs of one direction")
-    options = sampling_options(recipes[0], **sampling)
-    check_combination(tta, combine)
-    members = member_count(len(run_dirs), options.samples, tta)
-    jobs, folder_mode = plan_jobs(input_path, output, directions[0].split("->")[0], members, body_mask,
-                                  output_format)
+    options = (options or SamplingOptions()).resolved(recipes[0])
+    jobs, folder_mode = plan_jobs(input_path, output, recipes[0].data.source, options.members(len(run_dirs)),
+                                  body_mask, output_format)
     share = this_share()
     if share.distributed and not folder_mode:
         raise InputError(f"{share.world_size} processes were started for one volume", path=input_path,
@@ -239,9 +235,8 @@ def convert_path(input_path: str | Path, output: str | Path, run_dir, *, device:
         done = {}
         if mine:
             where = str(resolve_device(device, share.local_rank))  # torchrun: this process's own GPU
-            done = _convert_jobs(mine, folder_mode, run_dirs, where, result, overwrite=overwrite, mask=mask,
-                                 tta=tta, combine=combine, progress=progress and share.rank == 0,
-                                 options=options)
+            done = _convert_jobs(mine, folder_mode, run_dirs, where, result, options, overwrite=overwrite,
+                                 mask=mask, progress=progress and share.rank == 0)
         if share.distributed:
             reports = gather({"rank": share.rank, "cases": done, "written": result.written}, share)
             result.written = [path for report in reports for path in report["written"]]
@@ -251,28 +246,30 @@ def convert_path(input_path: str | Path, output: str | Path, run_dir, *, device:
 
 
 def _convert_jobs(jobs: list[Job], folder_mode: bool, run_dirs: list[Path], device: str,
-                  result: ConvertResult, *, overwrite: bool, mask: bool, tta: str, combine: str,
-                  progress: bool, options) -> dict:
+                  result: ConvertResult, options: SamplingOptions, *, overwrite: bool, mask: bool,
+                  progress: bool) -> dict:
     """Load the runs on `device`, convert and write `jobs`; returns {case: seconds, device, files}."""
     from tqdm.auto import tqdm
 
-    from diffma_cli.convert import convert_volume, load_models
+    from diffma_cli.convert.models import load_models
+    from diffma_cli.convert.pipeline import convert_volume
 
     first = None if folder_mode else _read(jobs[0])  # one volume: input errors before the models load
     ensemble = [load_models(path, device) for path in run_dirs]
-    provenance = _provenance(run_dirs, ensemble, options, tta, combine)
+    provenance = _provenance(run_dirs, ensemble, options)
     replace = overwrite or folder_mode
-    direction = ensemble[0].direction
+    data = ensemble[0].recipe.data
+    modalities = (data.source, data.target)
     done = {}
     for job in tqdm(jobs, desc="volumes", unit="volume", disable=not (progress and folder_mode)):
         began = time.perf_counter()
         image, mask_image = first if first is not None else _read(job)
-        generated, std = convert_volume(image, ensemble, body_mask=mask_image, mask=mask, tta=tta,
-                                        combine=combine, progress=progress, source=job.input, **vars(options))
+        generated, std = convert_volume(image, ensemble, options, body_mask=mask_image, mask=mask,
+                                        progress=progress, source=job.input)
         files = []
         if std is not None:
-            files.append(_write(std, job, job.std_output, replace, direction, provenance, True))
-        files.append(_write(generated, job, job.output, replace, direction, provenance))
+            files.append(_write(std, job, job.std_output, replace, modalities, provenance, True))
+        files.append(_write(generated, job, job.output, replace, modalities, provenance))
         result.written.extend(files)
         done[job.name] = {"seconds": round(time.perf_counter() - began, 2), "device": device,
                           "files": [str(path) for path in files]}
@@ -317,27 +314,27 @@ def _write_summary(output: Path, reports: list[dict], result: ConvertResult, sec
     return path
 
 
-def _provenance(run_dirs, ensemble, options, tta: str, combine: str) -> tuple[str, str]:
+def _provenance(run_dirs, ensemble, options: SamplingOptions) -> tuple[str, str]:
     """What made a result, for DICOM descriptions: ("run (model) + ...", the sampling and combination)."""
     runs = " + ".join(f"{path.name} ({models.recipe.model.name})"
                       for path, models in zip(run_dirs, ensemble, strict=True))
     text = f"{options.sampler} {options.steps} steps, seed {options.seed}, {options.samples} sample(s)"
-    if tta != "none":
-        text += f", test-time augmentation {tta}"
-    if len(ensemble) > 1 or options.samples > 1 or tta != "none":
-        text += f", {combine} of the members"
+    if options.tta != "none":
+        text += f", test-time augmentation {options.tta}"
+    if options.members(len(ensemble)) > 1:
+        text += f", {options.combine} of the members"
     return runs, text
 
 
-def _write(image, job: Job, path: Path, overwrite: bool, direction: str, provenance: tuple[str, str],
-           std: bool = False) -> Path:
+def _write(image, job: Job, path: Path, overwrite: bool, modalities: tuple[str, str],
+           provenance: tuple[str, str], std: bool = False) -> Path:
     """Write one result as a volume file or, for DICOM jobs, as a series on the input's frame of reference."""
     if not job.dicom:
         return write_volume(image, path, overwrite=overwrite)
     from diffma_cli import __version__
     from diffma_cli.io.dicom_series import source_tags, write_dicom_series
 
-    source, target = (part.upper() for part in direction.split("->"))
+    source, target = (modality.upper() for modality in modalities)
     what = f"SYNTHETIC {target}" + (" STD" if std else "")
     model, sampling = provenance
     comments = (f"{what}: {'standard deviation of ' if std else ''}{target} generated from {source} by "
