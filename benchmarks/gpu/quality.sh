@@ -35,7 +35,9 @@ common=("$work/data" "$work/synthrad/Task1" --recipe brain "${encoders[@]}" --se
 python3 benchmarks/table2.py "${common[@]}" -o "$work/calibration" --backbones none \
   --calibration constant,other-patient,affine,oracle > "$work/logs/calibration.log" 2>&1 &
 budget=(--embedder "$work/embedder" --images "$images" --set training.global_batch_size=32)
-variants=(--samples "${SAMPLES:-1}" --tta-of "${TTA_OF:-}" --ensemble "${ENSEMBLE:-}" --calibration vae-ceiling)
+variants=(--samples "${SAMPLES:-1}" --tta-of "${TTA_OF:-}" --calibration vae-ceiling)
+# An ensemble may take a member from the side process: it is scored by the last call, when both are done.
+[ -n "${SIDE_ROWS:-}" ] || variants+=(--ensemble "${ENSEMBLE:-}")
 python3 benchmarks/table2.py "${common[@]}" -o "$work/table2" "${budget[@]}" --backbones "$rows" "${variants[@]}" &
 main=$!
 if [ -n "${SIDE_ROWS:-}" ]; then  # once the main process has fixed the shared budget (OUT/plan.json)
@@ -46,7 +48,7 @@ fi
 wait
 if [ -n "${SIDE_ROWS:-}" ]; then  # the table of every row, each stage read back from the files it wrote
   python3 benchmarks/table2.py "${common[@]}" -o "$work/table2" "${budget[@]}" --backbones "$rows,$SIDE_ROWS" \
-    "${variants[@]}"
+    "${variants[@]}" --ensemble "${ENSEMBLE:-}"
 fi
 python3 benchmarks/quality_montage.py "$work/table2" "$work/synthrad/Task1" -o "$work/table2/montage.png" --cases 3
 step done
