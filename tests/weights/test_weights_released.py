@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from released_baselines import assert_matches_float32_reference, load_released_baseline
+from released_baselines import assert_matches_float64_reference, forward_in_float64, load_released_baseline
 from safetensors import safe_open
 
 from diffma_cli.errors import InputError
@@ -60,9 +60,7 @@ def test_released_baseline_checkpoints_import_and_reproduce_the_released_output(
     assert model.config["name"].split("-")[0] == released_name.split("-")[0]
     for key in ("depth", "hidden_size", "patch_size", "input_size"):
         assert model.config[key] == config[key], key
-    with torch.no_grad():  # float64, as in tests/models/test_baselines.py (the reference's own error there)
-        output = model.double()(*[x.double() if x.is_floating_point() else x for x in inputs])
-    assert_matches_float32_reference(output, expected)
+    assert_matches_float64_reference(forward_in_float64(model, inputs), expected)
 
 
 def _tiny_diffma():

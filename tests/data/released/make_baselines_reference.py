@@ -8,8 +8,9 @@ a small stand-in module on the path first: `mamba_inner_fn` written out in plain
 gate, out_proj). It is independent of diffma's own scan. For every baseline family it builds a tiny
 model with the released `DiffMa(..., block_type=...)`, fills every parameter but the fixed `pos_embed`
 with seeded random values (the released initialisation zeroes the output layers), runs one forward and
-writes `baselines_<family>.safetensors`: weights `model.<key>`, inputs `input.{x,t,y,y2,w}`, `output`,
-and the configuration as JSON in the metadata.
+writes `baselines_<family>.safetensors`: weights `model.<key>`, inputs `input.{x,t,y,y2,w}`, `output`
+(float32) and `output_float64` (the same weights and inputs in float64), and the configuration as JSON in
+the metadata.
 """
 
 import json
@@ -82,6 +83,12 @@ def main(released_dir: str, out_dir: str) -> None:
     sys.path.insert(0, released_dir)
     import model as released  # noqa: PLC0415 (the released model.py, found through sys.path)
 
+    def timestep_forward(self, t):  # as released, but the float32 frequencies cast to the MLP's dtype
+        frequencies = self.timestep_embedding(t, self.frequency_embedding_size)
+        return self.mlp(frequencies.to(self.mlp[0].weight.dtype))
+
+    released.TimestepEmbed.forward = timestep_forward  # a no-op in float32; lets the float64 run through
+
     torch.manual_seed(0)
     for family, args in CASES.items():
         net = released.DiffMa(strip_size=args["patch_size"], **args).eval()
@@ -100,9 +107,14 @@ def main(released_dir: str, out_dir: str) -> None:
         }
         with torch.no_grad():
             out = net(*inputs.values())
+            # The same weights and inputs in float64: a reference free of float32 rounding, whose size
+            # depends on the CPU's kernels (tests compare our float64 forward with it).
+            out64 = net.double()(*[v.double() for v in inputs.values()])
+            net.float()
         tensors = {f"model.{k}": v.contiguous() for k, v in net.state_dict().items()}
         tensors.update({f"input.{k}": v for k, v in inputs.items()})
         tensors["output"] = out.contiguous()
+        tensors["output_float64"] = out64.contiguous()
         path = Path(out_dir) / f"baselines_{family}.safetensors"
         save_file(tensors, str(path), metadata={"config": json.dumps(args), "torch": torch.__version__})
         print(path, tuple(out.shape), f"{path.stat().st_size / 1024:.0f} KiB")
