@@ -105,22 +105,23 @@ def write_json(path: Path, values: dict, overwrite: bool = False) -> None:
 
 # ---------------------------------------------------------------- inputs
 
+def choose_list(text: str) -> list[str]:
+    """The non-empty items of a comma-separated option, stripped."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def choose_entries(text: str) -> list[str]:
     """The ENTRIES keys of a comma-separated list; "none" for the calibration rows alone."""
     from diffma_cli.errors import InputError
 
     if text.strip() == "none":
         return []
-    keys = [key.strip() for key in text.split(",") if key.strip()]
+    keys = choose_list(text)
     unknown = [key for key in keys if key not in ENTRIES]
     if unknown or not keys:
         raise InputError(f"unknown backbone {unknown[0] if unknown else text!r}",
                          hint=f"choose from: {', '.join(ENTRIES)}")
     return keys
-
-
-def choose_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def test_cases(data: Path, src: Path) -> list:
@@ -627,7 +628,7 @@ def run(args) -> dict:
     # The calibration rows first (cheap; all but the VAE's need no training), so that an interrupted run
     # already has the rows every model is read against.
     window = load_manifest(args.data).get("options", {}).get("ct_window") or recipe.data.ct_window_hu
-    wanted = [key.strip() for key in args.calibration.split(",") if key.strip()]
+    wanted = choose_list(args.calibration)
     calibration = [key for key in calibration_keys(cases) if key in wanted and not (key == "vae-ceiling"
                                                                                      and not keys)]
     for key in calibration:
@@ -650,7 +651,7 @@ def run(args) -> dict:
         convert_entry(args, folder, [run_dir], cases)
         evaluate_entry(args, folder)
         rows.append(key)
-        if args.samples > 1 and key in (args.samples_of.split(",") if args.samples_of else keys[:1]):
+        if args.samples > 1 and key in (choose_list(args.samples_of) or keys[:1]):
             averaged = out / f"{key}-mean{args.samples}"
             convert_entry(args, averaged, [run_dir], cases, samples=args.samples)
             evaluate_entry(args, averaged)

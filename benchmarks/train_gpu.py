@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 ENCODERS = {"encoders.vae": "tiny", "encoders.clip": "tiny", "encoders.offline": True}
@@ -38,6 +37,7 @@ def make_data(work: Path, cases: int) -> None:
 
 def train(work: Path, model: str, steps: int, batch_size: int, name: str, precision: str) -> None:
     from diffma_cli.config import apply_overrides, load_recipe
+    from diffma_cli.devices import is_main_process
     from diffma_cli.runs import read_run_info
     from diffma_cli.train.api import train_diffusion
     from diffma_cli.train.run_log import read_records
@@ -47,7 +47,7 @@ def train(work: Path, model: str, steps: int, batch_size: int, name: str, precis
         "training.precision": precision, "training.log_every": 10, "training.num_workers": 4})
     run = work / "runs" / name
     train_diffusion(work / "data", run, recipe, work / "embedder", overwrite=True)
-    if os.environ.get("RANK", "0") != "0":
+    if not is_main_process():
         return
     info = read_run_info(run)
     records = read_records(run)[1:]  # the first window holds start-up and kernel selection
