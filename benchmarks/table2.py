@@ -620,6 +620,12 @@ def run(args) -> dict:
     from diffma_cli.data.dataset import load_manifest
 
     keys = choose_entries(args.backbones)
+    # Rows built from trained rows need those rows: checked before anything is trained.
+    members = [member for member in args.ensemble.split("+") if member]
+    if members and not set(members) <= set(keys):
+        raise SystemExit(f"table2: --ensemble {args.ensemble}: every member must be one of --backbones")
+    if not set(choose_list(args.tta_of)) <= set(keys):
+        raise SystemExit(f"table2: --tta-of {args.tta_of}: every row must be one of --backbones")
     cases = test_cases(args.data, args.src)
     recipe = base_recipe(args)
     out = args.out
@@ -640,9 +646,6 @@ def run(args) -> dict:
         plan = plan_budget(args, out, recipe, keys, embedder)
     else:
         plan = None
-    members = [member for member in args.ensemble.split("+") if member]
-    if members and not set(members) <= set(keys):
-        raise SystemExit(f"table2: --ensemble {args.ensemble}: every member must be one of --backbones")
     rows = []
     for number, key in enumerate(keys, 1):
         say(f"[{number}/{len(keys)}] {key}: {ENTRIES[key][0]}")

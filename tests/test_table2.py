@@ -273,3 +273,5 @@ def check_tta_and_ensemble_rows(table2, args, out, capsys):
         assert not np.allclose(volume("dit-tta", case), volume("dit", case))  # the mirror image counts
     with pytest.raises(SystemExit, match="every member must be one of --backbones"):
         table2.run(table2.parse_args([*args, "--ensemble", "diffma-latent+zigma"]))
+    with pytest.raises(SystemExit, match="every row must be one of --backbones"):
+        table2.run(table2.parse_args([*args, "--tta-of", "zigma"]))

@@ -4,7 +4,7 @@
 # montage of the predictions. No hub access: our own VAE and no CLIP (docs/encoders.md).
 # From the repository root on a CUDA machine, with the project and its dependencies importable:
 #   ROWS=diffma-latent,diffma-released IMAGES=48000 bash benchmarks/gpu/quality.sh [WORK]
-# Optional: SAMPLES=K (a mean-of-K row of the first row), TTA_OF=ROW,... (rows with the left-right flip
+# Optional: SAMPLES=K (a mean-of-K row of the first row), TTA_OF=ROW,... (rows of ROWS with the left-right flip
 # averaged in), ENSEMBLE=A+B (the mean of two trained rows), SIDE_ROWS=ROW,... (rows trained by a second
 # process on the same GPU at the same time: the two share the card, so the images/s and seconds per volume
 # of the rows trained meanwhile are not single-job speeds; the quality numbers do not depend on it).
