@@ -4,7 +4,8 @@
 # montage of the predictions. No hub access: our own VAE and no CLIP (docs/encoders.md).
 # From the repository root on a CUDA machine, with the project and its dependencies importable:
 #   ROWS=diffma-latent,diffma-released IMAGES=48000 bash benchmarks/gpu/quality.sh [WORK]
-# Optional: SAMPLES=K (a mean-of-K row of the first row), TTA_OF=ROW,... (rows of ROWS with the left-right flip
+# Optional: WAIT_FOR=FILE (wait for it before training a backbone), SAMPLES=K (a mean-of-K row of the first
+# row), TTA_OF=ROW,... (rows of ROWS with the left-right flip
 # averaged in), ENSEMBLE=A+B (the mean of two trained rows), SIDE_ROWS=ROW,... (rows trained by a second
 # process on the same GPU at the same time: the two share the card, so the images/s and seconds per volume
 # of the rows trained meanwhile are not single-job speeds; the quality numbers do not depend on it).
@@ -27,6 +28,8 @@ step() { echo "$(date +%T) $*" | tee -a "$work/logs/progress.txt"; }
 [ -f "$work/embedder/embedder.safetensors" ] || { step embedder;
   diffma train-embedder "$work/data" -o "$work/embedder" --recipe brain "${encoders[@]}" \
     --set encoders.vae="$work/vae" --steps 600 --batch-size 32 --overwrite; }
+# WAIT_FOR=FILE: the backbones need a CUDA extension that is still being built; wait for FILE to appear.
+while [ -n "${WAIT_FOR:-}" ] && [ ! -e "$WAIT_FOR" ]; do sleep 5; done
 step "table2 rows=$rows images=$images"
 common=("$work/data" "$work/synthrad/Task1" --recipe brain "${encoders[@]}" --set encoders.vae="$work/vae"
         --sampler dpm --sample-steps 20 --set sampling.batch_size=64 --quiet)

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The pelvis at the paper's 224 x 224 and at 512 x 512 (recipes `pelvis` and `pelvis-512`), behind the
+# resolution rows of docs/quality.md and docs/benchmarks.md: the same synthetic pelvis patients prepared at
+# both sizes; one VAE trained on the 224² slices (it is convolutional, so it runs at either size; its
+# reconstruction ceiling at each size is a row of that size's table); a CT Vision Embedder per size;
+# DiffMa-B/2 (the recipes' latent+tokens) trained on the same number of images at each size and scored by
+# benchmarks/table2.py beside the calibration rows. Last, each size's test volumes are converted again with
+# nothing else on the card if another job shared it (WAIT_ALONE=FILE, below), for the seconds per volume.
+# From the repository root on a CUDA machine, with the project and its dependencies importable:
+#   IMAGES=12000 bash benchmarks/gpu/resolution.sh [WORK]
+# Knobs: CASES (synthetic patients, default 20), IMAGES (training images per size, default 12000),
+# VAE_STEPS (2000), EMBEDDER_STEPS (600), SAMPLE_STEPS (20), WAIT_FOR=FILE (wait for it before training a
+# backbone: a CUDA extension being built, another job on the card), DEVICE (auto). Seeded; every stage is
+# skipped when its output exists.
+set -euo pipefail
+work=${1:-/tmp/diffma-pelvis}
+images=${IMAGES:-12000}
+diffma() { python3 -m diffma_cli "$@"; }
+encoders=(--set encoders.offline=true --set encoders.clip=none)
+mkdir -p "$work/logs"
+rm -f "$work/logs/EXITED"
+trap 'echo "exit $?" > "$work/logs/EXITED"' EXIT
+step() { echo "$(date +%T) $*" | tee -a "$work/logs/progress.txt"; }
+recipe_of() { [ "$1" = 224 ] && echo pelvis || echo pelvis-512; }
+
+[ -d "$work/synthrad" ] || { step synth; diffma synth "$work/synthrad" --anatomy pelvis --cases "${CASES:-20}" \
+  --seed 0 --workers 16; }
+for size in 224 512; do
+  [ -d "$work/data$size" ] || { step "prepare $size"; diffma prepare "$work/synthrad/Task1" -o "$work/data$size" \
+    --anatomy pelvis --split 0.7,0.1,0.2 --image-size "$size" --workers 16; }
+done
+[ -f "$work/vae/run.json" ] && grep -q '"finished": true' "$work/vae/run.json" || { step vae;
+  diffma train-vae "$work/data224" -o "$work/vae" --recipe pelvis "${encoders[@]}" --steps "${VAE_STEPS:-2000}" \
+    --batch-size 32 --overwrite --device "${DEVICE:-auto}"; }
+for size in 224 512; do
+  [ -f "$work/embedder$size/embedder.safetensors" ] || { step "embedder $size";
+    diffma train-embedder "$work/data$size" -o "$work/embedder$size" --recipe "$(recipe_of $size)" \
+      "${encoders[@]}" --set encoders.vae="$work/vae" --steps "${EMBEDDER_STEPS:-600}" --batch-size 32 \
+      --overwrite --device "${DEVICE:-auto}"; }
+done
+while [ -n "${WAIT_FOR:-}" ] && [ ! -e "$WAIT_FOR" ]; do sleep 5; done
+table() {  # table SIZE: the DiffMa row and the calibration rows at one size
+  python3 benchmarks/table2.py "$work/data$1" "$work/synthrad/Task1" -o "$work/table$1" \
+    --recipe "$(recipe_of "$1")" "${encoders[@]}" --set encoders.vae="$work/vae" \
+    --set training.global_batch_size=32 --set sampling.batch_size=32 --embedder "$work/embedder$1" \
+    --images "$images" --backbones diffma-latent-tokens --sampler dpm --sample-steps "${SAMPLE_STEPS:-20}" \
+    --device "${DEVICE:-auto}" --quiet
+}
+for size in 224 512; do step "table $size images=$images"; table "$size" > "$work/logs/table$size.log" 2>&1; done
+# With WAIT_ALONE=FILE (another job shared the card while the tables ran): once FILE appears, convert the
+# test volumes again for the seconds per volume alone on the card (the same seeds: the same volumes).
+if [ -n "${WAIT_ALONE:-}" ]; then
+  while [ ! -e "$WAIT_ALONE" ]; do sleep 5; done
+  for size in 224 512; do
+    step "alone $size"
+    rm -f "$work/table$size/diffma-latent-tokens/convert.json" "$work/table$size/diffma-latent-tokens/metrics.json"
+    table "$size" > "$work/logs/alone$size.log" 2>&1
+  done
+fi
+step done
