@@ -5,6 +5,7 @@ Usage (on a GPU machine; benchmarks/gpu/README.md sets up one without a package 
     python3 benchmarks/backbone.py                          # the default grid, prints one table
     python3 benchmarks/backbone.py --models DiffMa-B/2 --batches 32 --modes train --dtypes bf16
     python3 benchmarks/backbone.py --released PATH   # the authors' code beside ours
+    python3 benchmarks/backbone.py --models DiffMa-B/2 --mixer fused_triton   # the fused mixer kernels
 
 Timing: CUDA events around each step after warm-up, median of `--repeat` steps; peak memory from
 torch.cuda.max_memory_allocated. A training step is forward + MSE loss + backward + AdamW step (lr 1e-4,
@@ -138,6 +139,9 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile our models first")
     parser.add_argument("--conv", choices=["auto", "torch", "causal_conv1d"], default="auto",
                         help="convolution backend of our Mamba mixers (diffma_cli/models/ops/causal_conv.py)")
+    parser.add_argument("--mixer", choices=["auto", "unfused", "fused_triton"], default="auto",
+                        help="our Mamba mixers' path: fused_triton reads and merges the orders inside Triton "
+                             "kernels (diffma_cli/models/ops/mixer_triton.py)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--json", help="write all rows to this file")
@@ -148,12 +152,13 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     card = torch.cuda.get_device_name(0)
+    from diffma_cli.models.mamba import mixer_backend
     from diffma_cli.models.ops.causal_conv import conv_backend
 
-    with conv_backend(args.conv):
+    with conv_backend(args.conv), mixer_backend(args.mixer):
         rows = run_grid(args, card)
     header = "| code | model | res | mode | dtype | batch | ms/step | img/s | peak GiB |"
-    print(f"\n{header}   ({card}; conv {args.conv})")
+    print(f"\n{header}   ({card}; conv {args.conv}; mixer {args.mixer})")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['code']} | {r['model']} | {r['resolution']} | {r['mode']} | {r['dtype']} | "
@@ -194,7 +199,8 @@ def run_grid(args, card: str) -> list[dict]:
                                 torch.cuda.empty_cache()
                             rows.append({"code": code, "model": name, "params_m": round(params, 3),
                                          "resolution": resolution, "mode": mode, "dtype": dtype,
-                                         "batch": batch, **result, "card": card, "conv": args.conv})
+                                         "batch": batch, **result, "card": card, "conv": args.conv,
+                                         "mixer": args.mixer})
                             r = rows[-1]
                             print(f"{code:8s} {name:12s} {resolution:4d} {mode:7s} {dtype:4s} b{batch:<3d} "
                                   f"{r['ms']:8.2f} ms {r['img_per_s']:8.0f} img/s {r['peak_gib']:6.2f} GiB",

@@ -10,27 +10,56 @@ All K sequences go through the convolution and the scan as ONE call, stacked on 
 (N·K sequences), instead of K calls. The order indices are non-persistent buffers: they move to the
 model's device with it, and the state dict keeps exactly the released keys.
 
+The "fused_triton" mixer backend (`mixer_backend`; opt-in only) reads the orders and merges them inside
+Triton kernels instead (`ops/mixer_triton.py`), for mixers whose orders are permutations merged by "sum";
+other mixers, and the default "auto", take the path described above.
+
 Notation (paper / mamba-ssm): D model width, Di = expand·D inner width, N = d_state, R = dt_rank,
 L tokens per sequence, T tokens of the grid.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffma_cli.errors import EnvironmentProblem
 from diffma_cli.models.ops.causal_conv import causal_conv_silu
-from diffma_cli.models.ops.selective_scan import selective_scan
+from diffma_cli.models.ops.dispatch import BackendChoice, OptionalImport, require_cuda_kernel
+from diffma_cli.models.ops.scan_inputs import TRITON_DTYPES
+from diffma_cli.models.ops.selective_scan import _triton_interpreting, selective_scan
 
 #: Mixer defaults of the released code (mamba-ssm's `Mamba` defaults; `block/mamba_block.py`).
 D_STATE, D_CONV, EXPAND = 16, 4, 2
 #: Range of the initial step size delta (mamba-ssm defaults): softplus(dt bias) ∈ [DT_MIN, DT_MAX].
 DT_MIN, DT_MAX, DT_INIT_FLOOR = 1e-3, 1e-1, 1e-4
 MERGES = ("sum", "mean")
+#: "unfused": read, convolve, scan and merge as separate steps (the scan and conv backends apply);
+#: "fused_triton": `ops/mixer_triton.py`, where the mixer qualifies (`MultiOrderMamba.fusable`); "auto":
+#: unfused everywhere until the fused kernels are timed on a GPU.
+MIXER_BACKENDS = ("auto", "unfused", "fused_triton")
+
+_mixer_choice = BackendChoice("mixer", MIXER_BACKENDS)
+
+
+def _load_fused_mixer() -> Callable:
+    from diffma_cli.models.ops.mixer_triton import fused_mixer_scan
+
+    return fused_mixer_scan
+
+
+#: `mixer_triton.fused_mixer_scan`, or None when triton cannot be imported: call it.
+fused_mixer_scan = OptionalImport(_load_fused_mixer)
+
+
+def mixer_backend(name: str) -> contextlib.AbstractContextManager[None]:
+    """Use mixer backend `name` (one of MIXER_BACKENDS) for every `MultiOrderMamba` call inside the block."""
+    return _mixer_choice.force(name)
 
 
 def default_dt_rank(d_model: int) -> int:
@@ -115,7 +144,14 @@ class MultiOrderMamba(nn.Module):
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt)
 
+    @property
+    def fusable(self) -> bool:
+        """Whether the fused mixer kernels apply: every order a permutation of all T tokens, merged by sum."""
+        return self.merge == "sum" and not self.skips_tokens and self.orders.shape[1] == self.restore.shape[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _mixer_choice.requested(None) == "fused_triton" and self.fusable:
+            return self.out_proj(self._fused_scan(x))
         batch, num_tokens, _ = x.shape
         k, length = self.orders.shape
         y = self._scan(x)  # (N·K, Di, L)
@@ -134,6 +170,19 @@ class MultiOrderMamba(nn.Module):
         batch = x.shape[0]
         k, length = self.orders.shape
         return self._scan(x).view(batch, k, self.d_inner, length)
+
+    def _fused_scan(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (N, T, D) -> (N, T, Di): the K orders' gated scan outputs summed at each token, before
+        out_proj (which has no bias, so merging first gives the same sum)."""
+        if x.shape[1] != self.restore.shape[1]:
+            raise ValueError(f"mixer built for {self.restore.shape[1]} tokens, got {x.shape[1]}")
+        runs_here = x.is_cuda or _triton_interpreting()
+        require_cuda_kernel(fused_mixer_scan, "the fused_triton mixer backend", runs_here,
+                            "install triton, or use the 'unfused' mixer backend")
+        if x.dtype not in TRITON_DTYPES:
+            raise EnvironmentProblem(f"the fused_triton mixer backend does not take {x.dtype} inputs",
+                                     hint="use float32, bfloat16 or float16, or the 'unfused' mixer backend")
+        return fused_mixer_scan()(self, x)
 
     def _scan(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens (N, T, D) -> (N·K, Di, L), sequence n·K + k = order k of sample n."""

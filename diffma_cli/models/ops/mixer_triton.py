@@ -1,0 +1,370 @@
+"""Triton kernels that fuse a `MultiOrderMamba` mixer's multi-order reads and merge into its conv and scan.
+
+The unfused mixer (`MultiOrderMamba._scan`) gathers in_proj's output xz (N, T, 2Di) into K orders
+(N, K, L, 2Di), copies that into the channel-first layout (N·K, 2Di, L), runs the convolution and the scan,
+and gathers each token's K outputs back after out_proj: on an H100 those copies cost about a quarter of a
+DiffMa training step. Here, for orders that are permutations of all T tokens (L = T, merge "sum"):
+
+- `order_conv_silu` (kernel A) reads the u half of xz token-major through the order indices, applies the
+  causal depthwise convolution and SiLU, and writes u (N·K, L, Di) token-major: the layout x_proj (a
+  matmul over the last axis) reads without a copy, and in which dt_proj's output delta (N·K, L, Di) and
+  x_proj's B, C (views of (N·K, L, R + 2N)) already are.
+- `order_scan_merge` (kernel B) runs the selective scan on those token-major tensors (a step's Di channels
+  are adjacent, so a chunk's (steps, channels) tiles load as coalesced rows), reads z from the z half of xz
+  through the order indices, and writes the gated output already merged: y (N, T, Di) = Σ_k y_k at raster
+  positions. out_proj has no bias, so out_proj(Σ_k y_k) = Σ_k out_proj(y_k), the unfused merge. One program
+  owns one sample and BLOCK_D channels and walks its K orders one after another, adding each into y (a
+  barrier between orders orders the read-back of y), so the sum needs no atomics.
+
+Gradients: kernel A's backward is two Triton kernels without atomics: one recomputes the convolution and
+writes dL/d(pre-activation) (float32, (N·K, L, Di)) with per-program partial sums for the weight and bias;
+one gathers, for each token and channel, the taps of the K orders that read it (the inverse permutation,
+`restore`) into dL/du. Kernel B's backward is NOT fused yet: it gathers z and dL/dy into the K orders
+(torch indexing), reruns the scan forward and backward with `selective_scan_triton` on transposed views, and
+merges dz back (torch indexing). Also not fused: the split of xz's gradient halves (autograd concatenates
+them), x_proj, dt_proj and out_proj (cuBLAS matmuls).
+
+The conv and scan backend choices (`conv_backend`, `scan_backend`) do not apply on this path. Computation
+is in float32 (the K orders are summed in a float32 buffer, rounded once); outputs are in xz's dtype.
+Importing this module imports triton: `mamba.py` imports it lazily, only when the "fused_triton" mixer
+backend is chosen.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch import nn
+
+from diffma_cli.models.ops.selective_scan_triton import (
+    LOG2_E,
+    _pick,
+    _softplus,
+    default_config,
+    selective_scan_triton,
+)
+
+#: Steps per program of the convolution kernels (rows of their (BLOCK_L, BLOCK_D) tiles).
+CONV_BLOCK_L = 32
+#: Tokens per program of the convolution's input-gradient kernel.
+CONV_BLOCK_T = 32
+
+
+@triton.jit
+def _tap(x_ptr, orders_ptr, sample, order, steps, channels, channel_ok, length,
+         stride_x_b, stride_x_t, stride_x_d, SHIFT: tl.constexpr):
+    """(BLOCK_L, BLOCK_D) tile of x at the tokens that order `order` reads SHIFT steps before `steps`;
+    zeros before the sequence start (the causal padding) and past its end."""
+    position = steps - SHIFT
+    ok = (position >= 0) & (position < length)
+    tokens = tl.load(orders_ptr + order * length + position, mask=ok, other=0).to(tl.int64)
+    offsets = sample * stride_x_b + tokens[:, None] * stride_x_t + channels[None, :] * stride_x_d
+    return tl.load(x_ptr + offsets, mask=ok[:, None] & channel_ok[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _conv_forward_kernel(
+    x_ptr, orders_ptr, weight_ptr, bias_ptr, out_ptr,
+    orders_count, length, dim,
+    stride_x_b, stride_x_t, stride_x_d,
+    stride_w_d, stride_w_k,
+    WIDTH: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """One program: sequence program_id(0) = n·K + k, steps [program_id(1)·BLOCK_L, +BLOCK_L), channels
+    [program_id(2)·BLOCK_D, +BLOCK_D). out (N·K, L, Di) contiguous = SiLU(bias + Σ_i w_i · x at step − i)."""
+    seq = tl.program_id(0).to(tl.int64)
+    sample, order = seq // orders_count, seq % orders_count
+    steps = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    channels = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    channel_ok = channels < dim
+    bias = tl.load(bias_ptr + channels, mask=channel_ok, other=0.0).to(tl.float32)
+    pre = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32) + bias[None, :]
+    for shift in tl.static_range(WIDTH):
+        w = tl.load(weight_ptr + channels * stride_w_d + (WIDTH - 1 - shift) * stride_w_k, mask=channel_ok,
+                    other=0.0).to(tl.float32)
+        x = _tap(x_ptr, orders_ptr, sample, order, steps, channels, channel_ok, length,
+                 stride_x_b, stride_x_t, stride_x_d, shift)
+        pre += w[None, :] * x
+    out = pre * tl.sigmoid(pre)
+    tile_ok = (steps < length)[:, None] & channel_ok[None, :]
+    offsets = (seq * length + steps[:, None]) * dim + channels[None, :]
+    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=tile_ok)
+
+
+@triton.jit
+def _conv_backward_kernel(
+    x_ptr, orders_ptr, weight_ptr, bias_ptr, dout_ptr, dpre_ptr, dweight_ptr, dbias_ptr,
+    orders_count, length, dim,
+    stride_x_b, stride_x_t, stride_x_d,
+    stride_w_d, stride_w_k,
+    stride_dout_b, stride_dout_l, stride_dout_d,
+    WIDTH: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """The forward's tile again, then dpre = dout · SiLU'(pre) (float32 (N·K, L, Di) contiguous) and this
+    tile's sums Σ_steps dpre·x for each tap and Σ_steps dpre, float32 (N·K, L blocks, WIDTH | 1, Di)."""
+    seq = tl.program_id(0).to(tl.int64)
+    sample, order = seq // orders_count, seq % orders_count
+    block = seq * tl.num_programs(1) + tl.program_id(1)
+    steps = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    channels = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    channel_ok = channels < dim
+    tile_ok = (steps < length)[:, None] & channel_ok[None, :]
+    bias = tl.load(bias_ptr + channels, mask=channel_ok, other=0.0).to(tl.float32)
+    pre = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32) + bias[None, :]
+    for shift in tl.static_range(WIDTH):
+        w = tl.load(weight_ptr + channels * stride_w_d + (WIDTH - 1 - shift) * stride_w_k, mask=channel_ok,
+                    other=0.0).to(tl.float32)
+        x = _tap(x_ptr, orders_ptr, sample, order, steps, channels, channel_ok, length,
+                 stride_x_b, stride_x_t, stride_x_d, shift)
+        pre += w[None, :] * x
+    dout_offsets = seq * stride_dout_b + steps[:, None] * stride_dout_l + channels[None, :] * stride_dout_d
+    dout = tl.load(dout_ptr + dout_offsets, mask=tile_ok, other=0.0).to(tl.float32)
+    gate = tl.sigmoid(pre)
+    dpre = tl.where(tile_ok, dout * gate * (1.0 + pre * (1.0 - gate)), 0.0)
+    tl.store(dpre_ptr + (seq * length + steps[:, None]) * dim + channels[None, :], dpre, mask=tile_ok)
+    tl.store(dbias_ptr + block * dim + channels, tl.sum(dpre, axis=0), mask=channel_ok)
+    # The taps are read again rather than kept from above: a static_range cannot collect them in a list.
+    for shift in tl.static_range(WIDTH):
+        x = _tap(x_ptr, orders_ptr, sample, order, steps, channels, channel_ok, length,
+                 stride_x_b, stride_x_t, stride_x_d, shift)
+        tl.store(dweight_ptr + (block * WIDTH + WIDTH - 1 - shift) * dim + channels, tl.sum(dpre * x, axis=0),
+                 mask=channel_ok)
+
+
+@triton.jit
+def _conv_input_grad_kernel(
+    dpre_ptr, restore_ptr, weight_ptr, dx_ptr,
+    orders_count, length, num_tokens, dim,
+    stride_w_d, stride_w_k,
+    WIDTH: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """dx (N, T, Di) contiguous for sample program_id(0), tokens [program_id(1)·BLOCK_T, +BLOCK_T),
+    channels [program_id(2)·BLOCK_D, +BLOCK_D): token t, read by order k at step restore[k, t] (= L where
+    k skips t), feeds that order's steps restore[k, t] + i through tap w_{WIDTH-1-i}; the program sums
+    them over all orders, so no two programs write one element."""
+    sample = tl.program_id(0).to(tl.int64)
+    tokens = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    channels = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    token_ok = tokens < num_tokens
+    channel_ok = channels < dim
+    dx = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+    for order in range(orders_count):
+        position = tl.load(restore_ptr + order * num_tokens + tokens, mask=token_ok, other=length)
+        seq_base = dpre_ptr + (sample * orders_count + order) * length * dim + channels[None, :]
+        for shift in tl.static_range(WIDTH):
+            w = tl.load(weight_ptr + channels * stride_w_d + (WIDTH - 1 - shift) * stride_w_k,
+                        mask=channel_ok, other=0.0).to(tl.float32)
+            step = position + shift
+            ok = (step < length)[:, None] & channel_ok[None, :]
+            dx += w[None, :] * tl.load(seq_base + step[:, None].to(tl.int64) * dim, mask=ok, other=0.0)
+    offsets = (sample * num_tokens + tokens[:, None]) * dim + channels[None, :]
+    tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=token_ok[:, None] & channel_ok[None, :])
+
+
+@triton.jit
+def _scan_merge_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, orders_ptr, out_ptr,
+    orders_count, length, dim,
+    stride_u_b, stride_u_l, stride_u_d,
+    stride_delta_b, stride_delta_l, stride_delta_d,
+    stride_A_d, stride_A_n,
+    stride_B_b, stride_B_l, stride_B_n,
+    stride_C_b, stride_C_l, stride_C_n,
+    stride_z_b, stride_z_t, stride_z_d,
+    STATE: tl.constexpr, STATE_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """One program: sample program_id(0), channels [program_id(1)·BLOCK_D, +BLOCK_D), its K orders in turn.
+
+    Per order, the recurrence of `_scan_forward_kernel` (delta + bias, softplus, D skip, SiLU(z) gate) on
+    token-major u, delta (N·K, L, Di) and B, C (N·K, L, N); z is read from (N, T, Di) at the tokens the order
+    reads, and out (float32 (N, T, Di) contiguous) gets each step's output added at that token.
+    """
+    sample = tl.program_id(0).to(tl.int64)
+    channels = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    states = tl.arange(0, STATE_BLOCK)
+    steps = tl.arange(0, CHUNK)
+    channel_ok = channels < dim
+    state_ok = states < STATE
+
+    a_offsets = states[:, None] * stride_A_n + channels[None, :] * stride_A_d
+    A = tl.load(A_ptr + a_offsets, mask=state_ok[:, None] & channel_ok[None, :], other=0.0).to(tl.float32)
+    A = (A * LOG2_E)[None, :, :]  # (1, STATE_BLOCK, BLOCK_D)
+    D = tl.load(D_ptr + channels, mask=channel_ok, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + channels, mask=channel_ok, other=0.0).to(tl.float32)
+    z_base = z_ptr + sample * stride_z_b + channels[None, :] * stride_z_d
+    out_base = out_ptr + sample * length * dim + channels[None, :]
+
+    for order in range(orders_count):
+        seq = sample * orders_count + order
+        u_base = u_ptr + seq * stride_u_b + channels[None, :] * stride_u_d
+        delta_base = delta_ptr + seq * stride_delta_b + channels[None, :] * stride_delta_d
+        B_base = B_ptr + seq * stride_B_b + states * stride_B_n
+        C_base = C_ptr + seq * stride_C_b + states * stride_C_n
+        h = tl.zeros([1, STATE_BLOCK, BLOCK_D], dtype=tl.float32)
+        for start in range(0, length, CHUNK):
+            t = start + steps
+            step_ok = t < length
+            tile_ok = step_ok[:, None] & channel_ok[None, :]  # (CHUNK, BLOCK_D)
+            u = tl.load(u_base + t[:, None] * stride_u_l, mask=tile_ok, other=0.0).to(tl.float32)
+            delta = tl.load(delta_base + t[:, None] * stride_delta_l, mask=tile_ok, other=0.0)
+            delta = _softplus(delta.to(tl.float32) + bias[None, :])
+            delta3 = delta[:, None, :]  # (CHUNK, 1, BLOCK_D): see selective_scan_triton's docstring
+            du3 = (delta * u)[:, None, :]
+            y3 = tl.zeros([CHUNK, 1, BLOCK_D], dtype=tl.float32)
+            for step in tl.static_range(CHUNK):
+                pick = (steps == step)[:, None, None]
+                t_ok = state_ok & (start + step < length)
+                B_t = tl.load(B_base + (start + step) * stride_B_l, mask=t_ok, other=0.0).to(tl.float32)
+                C_t = tl.load(C_base + (start + step) * stride_C_l, mask=t_ok, other=0.0).to(tl.float32)
+                h = tl.fma(tl.exp2(_pick(delta3, pick) * A), h, _pick(du3, pick) * B_t[None, :, None])
+                y3 = tl.where(pick, tl.sum(h * C_t[None, :, None], axis=1, keep_dims=True), y3)
+            y = tl.sum(y3, axis=1) + u * D[None, :]  # (CHUNK, BLOCK_D)
+
+            tokens = tl.load(orders_ptr + order * length + t, mask=step_ok, other=0).to(tl.int64)[:, None]
+            z = tl.load(z_base + tokens * stride_z_t, mask=tile_ok, other=0.0).to(tl.float32)
+            y = y * (z * tl.sigmoid(z))
+            earlier = tl.load(out_base + tokens * dim, mask=tile_ok & (order > 0), other=0.0)
+            tl.store(out_base + tokens * dim, earlier + y, mask=tile_ok)
+        # The next order reads back what this one added, at other steps: possibly another thread's stores.
+        tl.debug_barrier()
+
+
+def _conv_block_d(dim: int) -> int:
+    """Channels per program of the convolution kernels: 128 (4 warps' worth of adjacent channels, wide
+    coalesced row loads), fewer for narrow models."""
+    return min(128, triton.next_power_of_2(dim))
+
+
+class _OrderConvFunction(torch.autograd.Function):
+    """x (N, T, Di) any strides -> SiLU(causal depthwise conv) of its K orders, (N·K, L, Di) contiguous."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, orders, restore):
+        batch, _, dim = x.shape
+        k, length = orders.shape
+        width = weight.shape[-1]
+        block_d = _conv_block_d(dim)
+        out = x.new_empty(batch * k, length, dim)
+        grid = (batch * k, triton.cdiv(length, CONV_BLOCK_L), triton.cdiv(dim, block_d))
+        if out.numel():
+            _conv_forward_kernel[grid](
+                x, orders, weight, bias, out, k, length, dim, *x.stride(), weight.stride(0), weight.stride(2),
+                WIDTH=width, BLOCK_L=CONV_BLOCK_L, BLOCK_D=block_d,
+            )
+        ctx.save_for_backward(x, weight, bias, orders, restore)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, bias, orders, restore = ctx.saved_tensors
+        batch, num_tokens, dim = x.shape
+        k, length = orders.shape
+        width = weight.shape[-1]
+        block_d = _conv_block_d(dim)
+        grid = (batch * k, triton.cdiv(length, CONV_BLOCK_L), triton.cdiv(dim, block_d))
+        f32 = {"dtype": torch.float32, "device": x.device}
+        dpre = torch.empty(batch * k, length, dim, **f32)
+        dweight = torch.zeros(batch * k, grid[1], width, dim, **f32)  # zeros: also right when L = 0
+        dbias = torch.zeros(batch * k, grid[1], dim, **f32)
+        dx = torch.empty(batch, num_tokens, dim, dtype=x.dtype, device=x.device)
+        if dpre.numel():
+            _conv_backward_kernel[grid](
+                x, orders, weight, bias, dout, dpre, dweight, dbias, k, length, dim,
+                *x.stride(), weight.stride(0), weight.stride(2), *dout.stride(),
+                WIDTH=width, BLOCK_L=CONV_BLOCK_L, BLOCK_D=block_d,
+            )
+        if dx.numel():
+            token_grid = (batch, triton.cdiv(num_tokens, CONV_BLOCK_T), triton.cdiv(dim, block_d))
+            _conv_input_grad_kernel[token_grid](
+                dpre, restore, weight, dx, k, length, num_tokens, dim, weight.stride(0), weight.stride(2),
+                WIDTH=width, BLOCK_T=CONV_BLOCK_T, BLOCK_D=block_d,
+            )
+        dweight = dweight.sum((0, 1)).t()[:, None, :].to(weight.dtype)  # (Di, 1, WIDTH), as weight
+        return dx, dweight, dbias.sum((0, 1)).to(bias.dtype), None, None
+
+
+def order_conv_silu(x, weight, bias, orders, restore):
+    """SiLU of the depthwise causal convolution (weight (Di, 1, W), bias (Di,), as nn.Conv1d holds them) of
+    the tokens x (N, T, Di) read in K orders: (N·K, L, Di) contiguous, row n·K + k, step j reading token
+    orders[k, j]. restore (K, T): the step at which order k reads token t, L where it skips t (any orders of
+    distinct tokens per row work here, not only permutations). Differentiable w.r.t. x, weight, bias."""
+    return _OrderConvFunction.apply(x, weight, bias, orders, restore)
+
+
+def _by_order(tokens: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
+    """(N, T, C) -> (N·K, L, C): the tokens in each order, a gathered copy."""
+    k, length = orders.shape
+    return tokens[:, orders.flatten()].view(tokens.shape[0] * k, length, tokens.shape[2])
+
+
+class _OrderScanMergeFunction(torch.autograd.Function):
+    """Kernel B forward; backward by the unfused Triton scan on gathered copies (module docstring)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, orders, restore):
+        batch, num_tokens, dim = z.shape
+        k, length = orders.shape
+        state = A.shape[1]
+        tile = default_config(dim)  # the unfused forward kernel's tile: one channel per thread, 8-step chunks
+        # float32 whatever u's dtype: the K orders' outputs are summed in it, rounded once at the end.
+        merged = torch.empty(batch, num_tokens, dim, dtype=torch.float32, device=u.device)
+        if merged.numel():
+            _scan_merge_kernel[(batch, triton.cdiv(dim, tile["block_d"]))](
+                u, delta, A, B, C, D, z, delta_bias, orders, merged, k, length, dim,
+                *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z.stride(),
+                STATE=state, STATE_BLOCK=triton.next_power_of_2(state), BLOCK_D=tile["block_d"],
+                CHUNK=tile["chunk"], num_warps=tile["num_warps"],
+            )
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, orders, restore)
+        return merged.to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, dmerged):
+        u, delta, A, B, C, D, z, delta_bias, orders, restore = ctx.saved_tensors
+        batch, num_tokens, dim = z.shape
+        k, length = orders.shape
+        inputs = (u, delta, A, B, C, D, _by_order(z, orders), delta_bias)
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(True) for t in inputs]
+            u, delta, A, B, C, D, z, delta_bias = leaves
+            # Channel-first views of the token-major tensors: the unfused kernels take any strides.
+            out = selective_scan_triton(u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2),
+                                        C.transpose(1, 2), D, z.transpose(1, 2), delta_bias, True)
+            grads = torch.autograd.grad(out, leaves, _by_order(dmerged, orders).transpose(1, 2))
+        du, ddelta, dA, dB, dC, dD, dz, dbias = grads
+        # Each token's K gradients w.r.t. z, from the steps that read it: restore is the inverse permutation.
+        order_index = torch.arange(k, device=dz.device)[:, None]
+        dz = dz.view(batch, k, length, dim)[:, order_index, restore].sum(dim=1)  # (N, T, Di)
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None
+
+
+def order_scan_merge(u, delta, A, B, C, D, z, delta_bias, orders, restore):
+    """The selective scan (`selective_scan_ref` with D, z, delta_bias, softplus) of K orders, summed back at
+    the tokens: (N, T, Di) in u's dtype, differentiable.
+
+    u, delta (N·K, L, Di) and B, C (N·K, L, N), token-major, any strides (row n·K + k: order k of sample
+    n); A (Di, N); D, delta_bias (Di,); z (N, T, Di) in raster order, any strides; orders (K, L) must be
+    permutations of the T tokens (L = T) and restore (K, T) their inverses.
+    """
+    if orders.shape[1] != z.shape[1]:
+        raise ValueError(f"order_scan_merge needs permutations of all {z.shape[1]} tokens, "
+                         f"got orders of length {orders.shape[1]}")
+    return _OrderScanMergeFunction.apply(u, delta, A, B, C, D, z, delta_bias, orders, restore)
+
+
+# Kept out of torch.compile graphs, as `selective_scan_triton` is.
+@torch.compiler.disable
+def fused_mixer_scan(mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A `MultiOrderMamba` with permutation orders and merge "sum": tokens (N, T, D) -> (N, T, Di), the
+    gated scan outputs of its K orders summed at each token, before out_proj. mixer.out_proj of this
+    equals mixer(x) on the unfused path."""
+    xz = mixer.in_proj(x)  # (N, T, 2Di)
+    u, z = xz.chunk(2, dim=-1)  # views; their gradients concatenate back into xz's
+    u = order_conv_silu(u, mixer.conv1d.weight, mixer.conv1d.bias, mixer.orders, mixer.restore)
+    dt, B, C = mixer.x_proj(u).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
+    delta = F.linear(dt, mixer.dt_proj.weight.to(dt.dtype))  # (N·K, L, Di); the bias is added in the scan
+    A = -torch.exp(mixer.A_log.float())
+    return order_scan_merge(u, delta, A, B, C, mixer.D.float(), z, mixer.dt_proj.bias.float(), mixer.orders,
+                            mixer.restore)

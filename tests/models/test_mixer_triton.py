@@ -1,0 +1,253 @@
+"""The fused mixer kernels (`ops/mixer_triton.py`, mixer backend "fused_triton") against the unfused mixer in
+float64, and the mixer backend choice.
+
+The kernels run in Triton's CPU interpreter in one worker subprocess (this file run with --worker), as in
+test_selective_scan_triton.py. The worker runs with deterministic algorithms on, under which PyTorch fills
+every `torch.empty` with NaN: an output element a kernel fails to write shows up as a NaN.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_selective_scan_triton import _receive, _send
+
+from diffma_cli.errors import EnvironmentProblem
+from diffma_cli.models import mamba
+from diffma_cli.models.mamba import MultiOrderMamba, merge_orders, mixer_backend, read_orders
+from diffma_cli.models.ops.causal_conv import causal_conv_silu
+from diffma_cli.models.scan_orders import diffma_block_orders
+
+#: Bound on ‖fused − float64 reference‖ / ‖reference‖, outputs and gradients. float32: the kernels agree to
+#: ~5e-7. bfloat16 weights and activations: rounding (relative step 2^-8) dominates; the fused path lands at
+#: 0.3-2.2e-2 on these shapes, as the unfused mixer on the Triton scan does (0.4-2.3e-2).
+RTOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2}
+
+
+def _worker() -> None:
+    """Answer each request with `fused_gradients(request)` or `conv_gradients(request)`, or an error text."""
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    while (request := _receive(sys.stdin.buffer)) is not None:
+        try:
+            answer = conv_gradients(request) if "conv" in request else fused_gradients(request)
+        except Exception as error:  # returned to the test, which fails with it
+            answer = f"{type(error).__name__}: {error}"
+        _send(sys.stdout.buffer, answer)
+
+
+def fused_gradients(request):
+    """The mixer (request["mixer"]: arguments, request["state"]: weights) on request["x"] with the fused
+    backend: output, the merged output before out_proj, and gradients of <out, request["grad_out"]> w.r.t.
+    x and every parameter."""
+    mixer = MultiOrderMamba(**request["mixer"])
+    mixer.load_state_dict(request["state"])
+    mixer.to(request["x"].dtype)
+    mixer._scan = None  # the unfused path must not run
+    x = request["x"].clone().requires_grad_(True)
+    with mixer_backend("fused_triton"):
+        out = mixer(x)
+        with torch.no_grad():
+            merged = mixer._fused_scan(x)
+    out.backward(request["grad_out"])
+    grads = {"x": x.grad, **{name: p.grad for name, p in mixer.named_parameters()}}
+    return {"out": out.detach(), "merged": merged.detach(), "grads": grads}
+
+
+def conv_gradients(request):
+    """`order_conv_silu` on request["x"] (N, T, Di) read in request["orders"]: output and gradients."""
+    from diffma_cli.models.ops.mixer_triton import order_conv_silu
+
+    orders = request["orders"]
+    restore = MultiOrderMamba(1, orders).restore
+    leaves = [t.clone().requires_grad_(True) for t in (request["x"], request["weight"], request["bias"])]
+    out = order_conv_silu(*leaves, orders, restore)
+    out.backward(request["grad_out"])
+    return {"out": out.detach(), "grads": [leaf.grad for leaf in leaves]}
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    """ask(request) -> the worker's answer, computed in Triton's interpreter."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    worker = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, env=env)
+
+    def ask(request):
+        _send(worker.stdin, request)
+        answer = _receive(worker.stdout)
+        if answer is None:
+            raise RuntimeError("the Triton interpreter worker died (see its stderr above)")
+        assert isinstance(answer, dict), answer
+        return answer
+
+    yield ask
+    worker.stdin.close()
+    worker.wait(timeout=60)
+
+
+def relative_error(out, expected):
+    return ((out.double() - expected).norm() / expected.norm()).item()
+
+
+def assert_close(out, expected, name, dtype=torch.float32):
+    assert out.shape == expected.shape and out.dtype == dtype, name
+    assert torch.isfinite(out).all(), f"{name}: not every element was written"
+    error = relative_error(out, expected)
+    assert error < RTOL[dtype], f"{name}: relative error {error:.3g}"
+
+
+def random_mixer(config, seed, dtype=torch.float32):
+    """A mixer with every parameter moved away from its zero/one initialisation."""
+    g = torch.Generator().manual_seed(seed)
+    mixer = MultiOrderMamba(**config)
+    with torch.no_grad():
+        for parameter in mixer.parameters():
+            parameter.add_(0.2 * torch.randn(parameter.shape, generator=g))
+    return mixer.to(dtype), g
+
+
+def float64_reference(config, state, x, grad_out):
+    """The unfused mixer in float64 on the given weights: output, its K orders' scan outputs merged before
+    out_proj, and gradients of <out, grad_out> w.r.t. x and every parameter."""
+    reference = MultiOrderMamba(**config).double()
+    reference.load_state_dict(state)
+    x = x.double().requires_grad_(True)
+    with mixer_backend("unfused"):
+        out = reference(x)
+    with torch.no_grad():
+        y = reference.scan_orders(x).transpose(2, 3)  # (N, K, L, Di)
+        merged = merge_orders(y, reference.orders, reference.restore, reference.skips_tokens)
+    out.backward(grad_out.double())
+    grads = {"x": x.grad, **{name: p.grad for name, p in reference.named_parameters()}}
+    return out.detach(), merged, grads
+
+
+ORDERS = {
+    # DiffMa's three orders of a 4 x 4 grid: raster, forward spiral, reverse spiral
+    "diffma": (diffma_block_orders(4, 0), 8, 4),
+    # 3 random permutations of 12 tokens; Di = 20, not a power of two; N = 3, padded
+    "random": (torch.stack([torch.randperm(12, generator=torch.Generator().manual_seed(seed))
+                            for seed in range(3)]), 10, 3),
+}
+
+
+@pytest.mark.parametrize("case, dtype", [("diffma", torch.float32), ("random", torch.float32),
+                                         ("diffma", torch.bfloat16)], ids=["diffma", "random", "diffma-bf16"])
+def test_fused_mixer_matches_the_float64_unfused_mixer(interpreted, case, dtype):
+    # The reference runs on the same (for bfloat16: rounded) weights and inputs, in float64.
+    orders, d_model, d_state = ORDERS[case]
+    config = {"d_model": d_model, "orders": orders, "d_state": d_state}
+    mixer, g = random_mixer(config, seed=len(case), dtype=dtype)
+    x = torch.randn(2, orders.shape[1], d_model, generator=g).to(dtype)
+    grad_out = torch.randn(2, orders.shape[1], d_model, generator=g).to(dtype)
+    answer = interpreted({"mixer": config, "state": mixer.state_dict(), "x": x, "grad_out": grad_out})
+    expected_out, expected_merged, expected_grads = float64_reference(config, mixer.state_dict(), x, grad_out)
+    assert_close(answer["out"], expected_out, "out", dtype)
+    assert_close(answer["merged"], expected_merged, "merged before out_proj", dtype)
+    assert set(answer["grads"]) == set(expected_grads)
+    for name, grad in answer["grads"].items():
+        assert_close(grad, expected_grads[name], f"d{name}", dtype)
+
+
+def test_order_conv_handles_tokens_read_by_several_orders_or_none(interpreted):
+    # 7 tokens, 2 orders of 5: tokens 0, 2, 3, 4 are read by both, 5 by none; the input gradient of a token
+    # sums over the orders that read it.
+    g = torch.Generator().manual_seed(11)
+    orders = torch.tensor([[0, 1, 2, 3, 4], [4, 6, 2, 0, 3]])
+    x, weight, bias = (torch.randn(shape, generator=g) for shape in ((2, 7, 6), (6, 1, 4), (6,)))
+    grad_out = torch.randn(4, 5, 6, generator=g)
+    answer = interpreted({"conv": True, "orders": orders, "x": x, "weight": weight, "bias": bias,
+                          "grad_out": grad_out})
+    leaves = [t.double().requires_grad_(True) for t in (x, weight, bias)]
+    mixer = MultiOrderMamba(1, orders)
+    gathered = read_orders(leaves[0], mixer.orders, mixer.restore, mixer.skips_tokens)  # (N, K, L, Di)
+    expected = causal_conv_silu(gathered.flatten(0, 1).transpose(1, 2), leaves[1], leaves[2], backend="torch")
+    expected = expected.transpose(1, 2)  # (N·K, L, Di)
+    expected.backward(grad_out.double())
+    assert_close(answer["out"], expected.detach(), "out")
+    for name, grad, leaf in zip(("x", "weight", "bias"), answer["grads"], leaves, strict=True):
+        assert_close(grad, leaf.grad, f"d{name}")
+
+
+def test_merging_before_out_proj_equals_merging_after():
+    # out_proj has no bias, so it commutes with the sum over orders
+    g = torch.Generator().manual_seed(12)
+    mixer = MultiOrderMamba(8, diffma_block_orders(4, 1)).double()
+    y = torch.randn(2, 3, 16, 16, generator=g, dtype=torch.float64)  # (N, K, L, Di)
+    args = (mixer.orders, mixer.restore, mixer.skips_tokens)
+    torch.testing.assert_close(mixer.out_proj(merge_orders(y, *args)), merge_orders(mixer.out_proj(y), *args))
+
+
+# --- the backend choice (no kernel runs) ------------------------------------------------------------------
+
+def test_default_mixer_backend_is_the_unfused_path(monkeypatch):
+    def refuse(*_):
+        raise AssertionError("the fused mixer ran")
+
+    monkeypatch.setattr(mamba, "fused_mixer_scan", refuse)
+    mixer = MultiOrderMamba(8, diffma_block_orders(4, 0))
+    assert mixer.fusable
+    assert mamba._mixer_choice.requested(None) == "auto"
+    x = torch.randn(2, 16, 8)
+    out = mixer(x)
+    with mixer_backend("unfused"):
+        torch.testing.assert_close(mixer(x), out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("orders, merge", [([[0, 1], [2, 3]], "sum"), ([[0, 1, 2, 3], [3, 2, 1, 0]], "mean")],
+                         ids=["partition", "mean"])
+def test_fused_backend_falls_back_where_the_mixer_does_not_qualify(monkeypatch, orders, merge):
+    def refuse(*_):
+        raise AssertionError("the fused mixer ran")
+
+    monkeypatch.setattr(mamba, "fused_mixer_scan", refuse)
+    mixer = MultiOrderMamba(4, orders, merge=merge)
+    assert not mixer.fusable
+    x = torch.randn(1, 4, 4)
+    with mixer_backend("fused_triton"):
+        out = mixer(x)
+    torch.testing.assert_close(out, mixer(x), rtol=0, atol=0)
+
+
+def test_fused_backend_needs_cuda_tensors(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if mamba.fused_mixer_scan() is None:
+        pytest.skip("triton not installed")
+    mixer = MultiOrderMamba(4, [[0, 1, 2, 3], [3, 2, 1, 0]])
+    with mixer_backend("fused_triton"), pytest.raises(EnvironmentProblem, match="CUDA"):
+        mixer(torch.randn(1, 4, 4))
+
+
+def test_unknown_mixer_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown mixer backend"), mixer_backend("fused"):
+        pass
+
+
+# --- GPU ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_fused_mixer_matches_the_float64_unfused_mixer_on_cuda(monkeypatch, dtype):
+    # DiffMa-B/2's mixer at 224² (14 x 14 tokens, D 512, N 16): the compiled kernels, forward and backward.
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    orders = diffma_block_orders(14, 0)
+    config = {"d_model": 512, "orders": orders}
+    mixer, g = random_mixer(config, seed=13, dtype=dtype)
+    x = torch.randn(4, 196, 512, generator=g).to(dtype)
+    grad_out = torch.randn(4, 196, 512, generator=g).to(dtype)
+    expected_out, _, expected_grads = float64_reference(config, mixer.state_dict(), x, grad_out)  # on the CPU
+    mixer, x = mixer.cuda(), x.cuda().requires_grad_(True)
+    with mixer_backend("fused_triton"):
+        out = mixer(x)
+    out.backward(grad_out.cuda())
+    assert_close(out.detach().cpu(), expected_out, "out", dtype)
+    assert_close(x.grad.cpu(), expected_grads["x"], "dx", dtype)
+    for name, parameter in mixer.named_parameters():
+        assert_close(parameter.grad.cpu(), expected_grads[name], f"d{name}", dtype)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+    _worker()
