@@ -4,8 +4,8 @@ one training budget, converted and scored on the test split, read against trivia
 
     python3 benchmarks/table2.py DATA SRC -o OUT [--backbones diffma-latent,dit] [--recipe brain]
         [--set key=value ...] [--steps N | --images N | --train-minutes M] [--embedder RUN]
-        [--sampler dpm] [--sample-steps 25] [--samples K [--samples-of KEY]] [--tta-of KEY,...]
-        [--ensemble KEY+KEY] [--calibration ...]
+        [--sampler dpm] [--sample-steps 25] [--samples K [--samples-of KEY]]
+        [--tta-of KEY,... [--tta-samples K]] [--ensemble KEY+KEY] [--calibration ...]
         [--device auto]
 
 DATA is a `diffma prepare` folder, SRC the SynthRAD Task 1 tree it was prepared from (the test split's CT,
@@ -19,7 +19,8 @@ MR and mask volumes are read from there). For every chosen backbone (ENTRIES) th
    paper's per-slice protocol) into OUT/<key>/metrics.json (+ metrics.csv).
 
 With --samples K, the --samples-of rows are also converted as the mean of K samples (OUT/<key>-mean<K>);
-the --tta-of rows also with the left-right mirror image averaged in (OUT/<key>-tta, `convert --tta flip`);
+the --tta-of rows also with the left-right mirror image averaged in (OUT/<key>-tta, `convert --tta flip`;
+with --tta-samples K, K samples of each image: OUT/<key>-tta-mean<K>);
 --ensemble A+B adds the mean of the trained rows A and B (OUT/ensemble-A+B, `convert --model A --model B`).
 The calibration rows (CALIBRATION, `diffma_cli.evaluation.calibration`) are written as volumes and scored
 the same way: a constant (the training cases' mean MR inside the mask), another test patient's MR, the
@@ -94,6 +95,12 @@ RUN, PREDICTIONS, CONVERT, METRICS_FILE = "run", "predictions", "convert.json", 
 TTA_SUFFIX, ENSEMBLE_PREFIX = "-tta", "ensemble-"
 # About ten checkpoints per training, so that an interrupted run loses at most a tenth of its steps.
 CHECKPOINTS_PER_RUN = 10
+
+
+def tta_key(key: str, samples: int) -> str:
+    """The row of `key` with the mirror image averaged in: "<key>-tta", or "<key>-tta-mean<K>" for K samples
+    of each image (row_label reads both back)."""
+    return f"{key}{TTA_SUFFIX}" + (f"-mean{samples}" if samples > 1 else "")
 
 
 def say(text: str) -> None:
@@ -610,6 +617,9 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--tta-of", default="",
                         help="comma-separated rows also converted with the left-right mirror image averaged "
                              "in (rows <key>-tta)")
+    parser.add_argument("--tta-samples", type=int, default=1,
+                        help="samples of each image (the CT and its mirror image) in the --tta-of rows "
+                             "(rows <key>-tta-mean<K> when K > 1)")
     parser.add_argument("--ensemble", default="",
                         help="A+B[+...]: also score the mean of these trained rows (row ensemble-A+B)")
     parser.add_argument("--calibration", default=",".join(CALIBRATION),
@@ -664,8 +674,8 @@ def run(args) -> dict:
             evaluate_entry(args, averaged)
             rows.append(averaged.name)
         if key in choose_list(args.tta_of):
-            flipped = out / f"{key}{TTA_SUFFIX}"
-            convert_entry(args, flipped, [run_dir], cases, tta="flip")
+            flipped = out / tta_key(key, args.tta_samples)
+            convert_entry(args, flipped, [run_dir], cases, samples=args.tta_samples, tta="flip")
             evaluate_entry(args, flipped)
             rows.append(flipped.name)
         if members and key == [member for member in keys if member in members][-1]:  # all members trained

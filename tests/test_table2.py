@@ -251,16 +251,18 @@ def check_tta_and_ensemble_rows(table2, args, out, capsys):
     import SimpleITK as sitk
 
     capsys.readouterr()
-    assert table2.main([*args, "--tta-of", "dit", "--ensemble", "diffma-latent+dit"]) == 0
+    assert table2.main([*args, "--tta-of", "dit", "--tta-samples", "2",
+                        "--ensemble", "diffma-latent+dit"]) == 0
     assert "training finished before, skipped" in capsys.readouterr().out
     table = json.loads((out / "table.json").read_text(encoding="utf-8"))
     ensemble = "ensemble-diffma-latent+dit"
     keys = [row["key"] for row in table["rows"]]
-    assert keys == ["diffma-latent", "dit", "dit-tta", ensemble, *CALIBRATION]
+    assert keys == ["diffma-latent", "dit", "dit-tta-mean2", ensemble, *CALIBRATION]
     labels = {row["key"]: row["label"] for row in table["rows"]}
-    assert labels["dit-tta"] == "DiT-B/2, latent+tokens, left-right flip TTA"
+    assert labels["dit-tta-mean2"] == "DiT-B/2, latent+tokens, mean of 2 samples, left-right flip TTA"
     assert labels[ensemble] == "ensemble (mean) of DiffMa-B/2, latent and DiT-B/2, latent+tokens"
-    assert json.loads((out / "dit-tta" / "convert.json").read_text(encoding="utf-8"))["tta"] == "flip"
+    flipped = json.loads((out / "dit-tta-mean2" / "convert.json").read_text(encoding="utf-8"))
+    assert (flipped["tta"], flipped["samples"]) == ("flip", 2)
     converted = json.loads((out / ensemble / "convert.json").read_text(encoding="utf-8"))
     assert converted["runs"] == ["diffma-latent/run", "dit/run"]
 
@@ -270,7 +272,7 @@ def check_tta_and_ensemble_rows(table2, args, out, capsys):
     for case in converted["seconds_per_volume"]:
         expected = (volume("diffma-latent", case).astype(np.float64) + volume("dit", case)) / 2
         np.testing.assert_allclose(volume(ensemble, case), expected, atol=1e-4)
-        assert not np.allclose(volume("dit-tta", case), volume("dit", case))  # the mirror image counts
+        assert not np.allclose(volume("dit-tta-mean2", case), volume("dit", case))  # the mirror image counts
     with pytest.raises(SystemExit, match="every member must be one of --backbones"):
         table2.run(table2.parse_args([*args, "--ensemble", "diffma-latent+zigma"]))
     with pytest.raises(SystemExit, match="every row must be one of --backbones"):

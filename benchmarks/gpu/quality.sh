@@ -5,8 +5,8 @@
 # From the repository root on a CUDA machine, with the project and its dependencies importable:
 #   ROWS=diffma-latent,diffma-released IMAGES=48000 bash benchmarks/gpu/quality.sh [WORK]
 # Optional: WAIT_FOR=FILE (wait for it before training a backbone), SAMPLES=K (a mean-of-K row of the first
-# row), TTA_OF=ROW,... (rows of ROWS with the left-right flip
-# averaged in), ENSEMBLE=A+B (the mean of two trained rows), SIDE_ROWS=ROW,... (rows trained by a second
+# row), TTA_OF=ROW,... (rows of ROWS with the left-right flip averaged in; TTA_SAMPLES=K samples of each
+# image), ENSEMBLE=A+B (the mean of two trained rows), SIDE_ROWS=ROW,... (rows trained by a second
 # process on the same GPU at the same time: the two share the card, so the images/s and seconds per volume
 # of the rows trained meanwhile are not single-job speeds; the quality numbers do not depend on it).
 # Everything is seeded; every stage is skipped when its output exists, so the script resumes.
@@ -38,7 +38,7 @@ common=("$work/data" "$work/synthrad/Task1" --recipe brain "${encoders[@]}" --se
 python3 benchmarks/table2.py "${common[@]}" -o "$work/calibration" --backbones none \
   --calibration constant,other-patient,affine,oracle > "$work/logs/calibration.log" 2>&1 &
 budget=(--embedder "$work/embedder" --images "$images" --set training.global_batch_size=32)
-variants=(--samples "${SAMPLES:-1}" --tta-of "${TTA_OF:-}" --calibration vae-ceiling)
+variants=(--samples "${SAMPLES:-1}" --tta-of "${TTA_OF:-}" --tta-samples "${TTA_SAMPLES:-1}" --calibration vae-ceiling)
 # An ensemble may take a member from the side process: it is scored by the last call, when both are done.
 [ -n "${SIDE_ROWS:-}" ] || variants+=(--ensemble "${ENSEMBLE:-}")
 python3 benchmarks/table2.py "${common[@]}" -o "$work/table2" "${budget[@]}" --backbones "$rows" "${variants[@]}" &
