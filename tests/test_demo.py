@@ -39,3 +39,17 @@ def test_demo_runs_every_stage_and_reports_the_evaluated_metrics(tmp_path):
     again = CliRunner().invoke(app, ["demo", "-o", str(out), "--cases", "3"])
     assert again.exit_code == 3
     assert again.output.strip().splitlines()[-1].startswith("diffma: error:")
+
+
+def test_demo_budgets_grow_with_the_cases_beyond_six():
+    from diffma_cli.config import load_recipe
+    from diffma_cli.demo import DEMO_CASES, demo_recipe
+
+    base = load_recipe("demo")
+    assert demo_recipe(DEMO_CASES) == base
+    assert demo_recipe(3) == base  # fewer cases keep the sized budget (the run is short already)
+    tripled = demo_recipe(3 * DEMO_CASES)
+    for section in ("vae", "embedder"):
+        assert getattr(tripled, section).training.steps == 3 * getattr(base, section).training.steps
+    assert tripled.training.steps == 3 * base.training.steps
+    assert demo_recipe(DEMO_CASES + 1).training.steps == -(-base.training.steps * 7 // 6)  # rounded up

@@ -18,15 +18,17 @@ def demo(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing demo folder."),
     device: str = typer.Option("cpu", "--device",
                                help="cpu (default: the demo is sized for a CPU), cuda or auto."),
-    cases: int = typer.Option(6, "--cases", min=3, help="Synthetic brain cases (split 4/1/1 for six)."),
+    cases: int = typer.Option(6, "--cases", min=3,
+                              help="Synthetic brain cases (split 4/1/1 for six). The training budgets are "
+                                   "sized for six; more cases train proportionally longer."),
     seed: int = typer.Option(0, "--seed", help="Seed of the phantoms, the split and the training."),
 ) -> None:
     """Run the whole pipeline on synthetic data: synth -> prepare -> train-vae -> train-embedder -> train ->
     convert -> eval, in a few minutes on a CPU, offline.
 
     It leaves a SynthRAD-shaped tree, prepared data, a run folder that `diffma convert --model` accepts,
-    synthetic MR volumes and an HTML report. The models are tiny and trained for a few hundred steps, so the
-    metrics only show that everything works, not what DiffMa can do.
+    synthetic MR volumes and an HTML report. The models are tiny and trained for minutes, so the metrics only
+    show that everything works, not what DiffMa can do.
 
     Example:  diffma demo -o diffma-demo
     """
@@ -39,8 +41,8 @@ def demo(
     typer.echo(f"  synthetic MR volumes: {result.predictions}")
     typer.echo(f"  metrics: {result.metrics} (and .csv beside it)")
     typer.echo(f"  report: {result.report}  (open it in a browser)")
-    typer.echo("\nTest-split metrics (MR on the normalised [-1, 1] scale; a tiny model after a few hundred "
-               "steps on synthetic data):")
+    typer.echo("\nTest-split metrics (MR on the normalised [-1, 1] scale; a tiny model trained for minutes "
+               "on synthetic data):")
     for key, label, unit in SHOWN:
         entry = result.summary.get(key)
         if entry and entry.get("mean") is not None:
