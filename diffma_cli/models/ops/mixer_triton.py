@@ -19,10 +19,17 @@ DiffMa training step. Here, for orders that are permutations of all T tokens (L 
 Gradients: kernel A's backward is two Triton kernels without atomics: one recomputes the convolution and
 writes dL/d(pre-activation) (float32, (N·K, L, Di)) with per-program partial sums for the weight and bias;
 one gathers, for each token and channel, the taps of the K orders that read it (the inverse permutation,
-`restore`) into dL/du. Kernel B's backward is NOT fused yet: it gathers z and dL/dy into the K orders
-(torch indexing), reruns the scan forward and backward with `selective_scan_triton` on transposed views, and
-merges dz back (torch indexing). Also not fused: the split of xz's gradient halves (autograd concatenates
-them), x_proj, dt_proj and out_proj (cuBLAS matmuls).
+`restore`) into dL/du. Kernel B's backward is one kernel with kernel B's grid and walk: per order, it reads
+dL/dy (N, T, Di) at the order's tokens (the output gradient of each order is the merged one read in its
+order, since merging is a sum) and z from xz by index, recomputes the states chunk by chunk from the
+checkpoints its training forward stored (the state before every 8 steps, float32 (N·K, L/8, N, Di): 150 MiB
+per call for DiffMa-B/2 at batch 32, 96 x 1024 x 196 with N = 16, kept until the backward, as the unfused
+Triton scan keeps them), runs the adjoint recurrence of `selective_scan_triton`'s backward, and adds dL/dz
+into a float32 (N, T, Di) buffer at the tokens: the first order stores, later ones read back and add
+(a barrier between orders), so each token's K gradients are summed without atomics, in float32, rounded
+once. du, d delta come out token-major (N·K, L, Di); dA, dD, d delta_bias are summed over the orders in
+registers, dB, dC over warp-sized channel groups then by the caller. Not fused: the split of xz's gradient
+halves (autograd concatenates them), x_proj, dt_proj and out_proj (cuBLAS matmuls).
 
 The conv and scan backend choices (`conv_backend`, `scan_backend`) do not apply on this path. Computation
 is in float32 (the K orders are summed in a float32 buffer, rounded once); outputs are in xz's dtype.
@@ -38,12 +45,15 @@ import triton
 import triton.language as tl
 from torch import nn
 
+from diffma_cli.models.ops.scan_inputs import needs_grad
 from diffma_cli.models.ops.selective_scan_triton import (
+    DEFAULT_CHUNK_BACKWARD,
+    LN_2,
     LOG2_E,
+    _group_sums,
     _pick,
     _softplus,
     default_config,
-    selective_scan_triton,
 )
 
 #: Steps per program of the convolution kernels (rows of their (BLOCK_L, BLOCK_D) tiles).
@@ -165,7 +175,7 @@ def _conv_input_grad_kernel(
 
 @triton.jit
 def _scan_merge_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, orders_ptr, out_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, orders_ptr, out_ptr, checkpoint_ptr,
     orders_count, length, dim,
     stride_u_b, stride_u_l, stride_u_d,
     stride_delta_b, stride_delta_l, stride_delta_d,
@@ -174,12 +184,15 @@ def _scan_merge_kernel(
     stride_C_b, stride_C_l, stride_C_n,
     stride_z_b, stride_z_t, stride_z_d,
     STATE: tl.constexpr, STATE_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    CHECKPOINT: tl.constexpr,
 ):
     """One program: sample program_id(0), channels [program_id(1)·BLOCK_D, +BLOCK_D), its K orders in turn.
 
     Per order, the recurrence of `_scan_forward_kernel` (delta + bias, softplus, D skip, SiLU(z) gate) on
     token-major u, delta (N·K, L, Di) and B, C (N·K, L, N); z is read from (N, T, Di) at the tokens the order
-    reads, and out (float32 (N, T, Di) contiguous) gets each step's output added at that token.
+    reads, and out (float32 (N, T, Di) contiguous) gets each step's output added at that token. With
+    CHECKPOINT, the state before each chunk is also written to checkpoint_ptr, float32
+    (N·K, chunks, N, Di), for `_scan_merge_backward_kernel`.
     """
     sample = tl.program_id(0).to(tl.int64)
     channels = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -195,6 +208,8 @@ def _scan_merge_kernel(
     bias = tl.load(bias_ptr + channels, mask=channel_ok, other=0.0).to(tl.float32)
     z_base = z_ptr + sample * stride_z_b + channels[None, :] * stride_z_d
     out_base = out_ptr + sample * length * dim + channels[None, :]
+    checkpoint_offsets = (states[:, None] * dim + channels[None, :])[None, :, :]  # (1, STATE_BLOCK, BLOCK_D)
+    checkpoint_ok = (state_ok[:, None] & channel_ok[None, :])[None, :, :]
 
     for order in range(orders_count):
         seq = sample * orders_count + order
@@ -202,8 +217,12 @@ def _scan_merge_kernel(
         delta_base = delta_ptr + seq * stride_delta_b + channels[None, :] * stride_delta_d
         B_base = B_ptr + seq * stride_B_b + states * stride_B_n
         C_base = C_ptr + seq * stride_C_b + states * stride_C_n
+        checkpoint_base = checkpoint_ptr + seq * tl.cdiv(length, CHUNK) * STATE * dim
         h = tl.zeros([1, STATE_BLOCK, BLOCK_D], dtype=tl.float32)
         for start in range(0, length, CHUNK):
+            if CHECKPOINT:
+                tl.store(checkpoint_base + (start // CHUNK) * STATE * dim + checkpoint_offsets, h,
+                         mask=checkpoint_ok)
             t = start + steps
             step_ok = t < length
             tile_ok = step_ok[:, None] & channel_ok[None, :]  # (CHUNK, BLOCK_D)
@@ -229,6 +248,175 @@ def _scan_merge_kernel(
             tl.store(out_base + tokens * dim, earlier + y, mask=tile_ok)
         # The next order reads back what this one added, at other steps: possibly another thread's stores.
         tl.debug_barrier()
+
+
+@triton.jit
+def _scan_merge_backward_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, orders_ptr, dout_ptr, checkpoint_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    orders_count, length, dim,
+    stride_u_b, stride_u_l, stride_u_d,
+    stride_delta_b, stride_delta_l, stride_delta_d,
+    stride_A_d, stride_A_n,
+    stride_B_b, stride_B_l, stride_B_n,
+    stride_C_b, stride_C_l, stride_C_n,
+    stride_z_b, stride_z_t, stride_z_d,
+    stride_dout_b, stride_dout_t, stride_dout_d,
+    STATE: tl.constexpr, STATE_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    SUBCHUNKS: tl.constexpr, GROUPS: tl.constexpr,
+):
+    """Gradients of one (sample, channel block): its K orders in turn, each walked from last chunk to first.
+
+    Per order, the adjoint recurrence of `_scan_backward_kernel` (states recomputed from the checkpoints that
+    `_scan_merge_kernel` wrote every SUBCHUNKS·CHUNK steps) on the token-major inputs. The order's output
+    gradient is the merged one read at its tokens, dout (N, T, Di) at orders[k, j]; z is read there too,
+    and dz (float32 (N, T, Di) contiguous) gets each step's gradient added at its token: the first order
+    stores, the later ones read back and add (a barrier between orders, as in the forward), so every token
+    sums its K orders' gradients without atomics. Outputs: du, d delta (N·K, L, Di) contiguous in their
+    inputs' dtypes; float32 partial sums, reduced by the caller: dA (N, Di, N), dB, dC (N·K, channel
+    groups of BLOCK_D / GROUPS, L, N), dD, d delta_bias (N, Di).
+    """
+    sample = tl.program_id(0).to(tl.int64)
+    block = tl.program_id(1)
+    channels = block * BLOCK_D + tl.arange(0, BLOCK_D)
+    states = tl.arange(0, STATE_BLOCK)
+    steps = tl.arange(0, CHUNK)
+    channel_ok = channels < dim
+    state_ok = states < STATE
+    state_channel_ok = (state_ok[:, None] & channel_ok[None, :])[None, :, :]
+    checkpoint_offsets = (states[:, None] * dim + channels[None, :])[None, :, :]  # (1, STATE_BLOCK, BLOCK_D)
+    chunks = tl.cdiv(length, CHUNK)
+    SEGMENT = CHUNK * SUBCHUNKS  # steps per checkpoint
+    segments = tl.cdiv(length, SEGMENT)
+
+    a_offsets = states[:, None] * stride_A_n + channels[None, :] * stride_A_d
+    A = tl.load(A_ptr + a_offsets, mask=state_ok[:, None] & channel_ok[None, :], other=0.0).to(tl.float32)
+    A = (A * LOG2_E)[None, :, :]  # (1, STATE_BLOCK, BLOCK_D)
+    D = tl.load(D_ptr + channels, mask=channel_ok, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + channels, mask=channel_ok, other=0.0).to(tl.float32)
+    z_base = z_ptr + sample * stride_z_b + channels[None, :] * stride_z_d
+    dout_base = dout_ptr + sample * stride_dout_b + channels[None, :] * stride_dout_d
+    dz_base = dz_ptr + sample * length * dim + channels[None, :]
+    groups = tl.arange(0, GROUPS)
+
+    dA = tl.zeros([1, STATE_BLOCK, BLOCK_D], dtype=tl.float32)
+    dD = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for order in range(orders_count):
+        seq = sample * orders_count + order
+        u_base = u_ptr + seq * stride_u_b + channels[None, :] * stride_u_d
+        delta_base = delta_ptr + seq * stride_delta_b + channels[None, :] * stride_delta_d
+        B_base = B_ptr + seq * stride_B_b + states * stride_B_n
+        C_base = C_ptr + seq * stride_C_b + states * stride_C_n
+        grad_base = seq * length * dim + channels[None, :]  # du, d delta: (N·K, L, Di) contiguous
+        checkpoint_base = checkpoint_ptr + seq * segments * STATE * dim
+        # dB, dC partials per group of BLOCK_D / GROUPS channels (a warp): summed over lanes only.
+        dBC_base = (((seq * tl.num_programs(1) + block) * GROUPS + groups[None, :]) * length * STATE
+                    + states[:, None])  # (STATE_BLOCK, GROUPS)
+        dh = tl.zeros([1, STATE_BLOCK, BLOCK_D], dtype=tl.float32)  # dL/dh_t, carried backwards
+        for back in range(0, chunks):
+            start = (chunks - 1 - back) * CHUNK
+            t = start + steps
+            step_ok = t < length
+            tile_ok = step_ok[:, None] & channel_ok[None, :]  # (CHUNK, BLOCK_D)
+            u = tl.load(u_base + t[:, None] * stride_u_l, mask=tile_ok, other=0.0).to(tl.float32)
+            delta_in = tl.load(delta_base + t[:, None] * stride_delta_l, mask=tile_ok, other=0.0)
+            delta_in = delta_in.to(tl.float32) + bias[None, :]
+            delta = _softplus(delta_in)
+            tokens = tl.load(orders_ptr + order * length + t, mask=step_ok, other=0).to(tl.int64)[:, None]
+            dout = tl.load(dout_base + tokens * stride_dout_t, mask=tile_ok, other=0.0).to(tl.float32)
+            delta3 = delta[:, None, :]  # (CHUNK, 1, BLOCK_D)
+            du3 = (delta * u)[:, None, :]
+            u3 = u[:, None, :]
+
+            # The state before the chunk: its segment's checkpoint, advanced through the segment's earlier
+            # chunks (all complete: they precede this one).
+            h_start = tl.load(checkpoint_base + (start // SEGMENT) * STATE * dim + checkpoint_offsets,
+                              mask=state_channel_ok, other=0.0)
+            for prior in range((start // SEGMENT) * SEGMENT, start, CHUNK):
+                t_prior = (prior + steps)[:, None]
+                prior_ok = (t_prior < length) & channel_ok[None, :]
+                u_prior = tl.load(u_base + t_prior * stride_u_l, mask=prior_ok, other=0.0).to(tl.float32)
+                delta_prior = tl.load(delta_base + t_prior * stride_delta_l, mask=prior_ok, other=0.0)
+                delta_prior = _softplus(delta_prior.to(tl.float32) + bias[None, :])
+                delta_prior3 = delta_prior[:, None, :]
+                du_prior3 = (delta_prior * u_prior)[:, None, :]
+                for step in tl.static_range(CHUNK):
+                    pick = (steps == step)[:, None, None]
+                    B_t = tl.load(B_base + (prior + step) * stride_B_l, mask=state_ok, other=0.0)
+                    h_start = tl.fma(tl.exp2(_pick(delta_prior3, pick) * A), h_start,
+                                     _pick(du_prior3, pick) * B_t.to(tl.float32)[None, :, None])
+
+            # Recompute the chunk's states h_t (CHUNK, N, BLOCK_D) and, for dz, its read-out y_t.
+            h = h_start
+            h_all = tl.zeros([CHUNK, STATE_BLOCK, BLOCK_D], dtype=tl.float32)
+            y3 = tl.zeros([CHUNK, 1, BLOCK_D], dtype=tl.float32)
+            for step in tl.static_range(CHUNK):
+                pick = (steps == step)[:, None, None]
+                t_ok = state_ok & (start + step < length)
+                B_t = tl.load(B_base + (start + step) * stride_B_l, mask=t_ok, other=0.0).to(tl.float32)
+                C_t = tl.load(C_base + (start + step) * stride_C_l, mask=t_ok, other=0.0).to(tl.float32)
+                h = tl.fma(tl.exp2(_pick(delta3, pick) * A), h, _pick(du3, pick) * B_t[None, :, None])
+                h_all = tl.where(pick, h, h_all)
+                y3 = tl.where(pick, tl.sum(h * C_t[None, :, None], axis=1, keep_dims=True), y3)
+
+            # Output gate and skip: out = (y + D·u)·silu(z); dy' = dL/d(y + D·u). dz is added at the tokens.
+            z = tl.load(z_base + tokens * stride_z_t, mask=tile_ok, other=0.0).to(tl.float32)
+            gate = tl.sigmoid(z)
+            pre = tl.sum(y3, axis=1) + u * D[None, :]
+            dz = dout * pre * gate * (1.0 + z * (1.0 - gate))
+            earlier = tl.load(dz_base + tokens * dim, mask=tile_ok & (order > 0), other=0.0)
+            tl.store(dz_base + tokens * dim, earlier + dz, mask=tile_ok)
+            dy = dout * z * gate
+            du = dy * D[None, :]
+            dD += tl.sum(dy * u, axis=0)
+            dy3 = dy[:, None, :]
+
+            # Adjoint steps, last to first.
+            ddelta3 = tl.zeros([CHUNK, 1, BLOCK_D], dtype=tl.float32)
+            dbu3 = tl.zeros([CHUNK, 1, BLOCK_D], dtype=tl.float32)  # Σ_N dh_t·B_t
+            for back_step in tl.static_range(CHUNK):
+                step = CHUNK - 1 - back_step
+                pick = (steps == step)[:, None, None]
+                t_ok = state_ok & (start + step < length)
+                B_t = tl.load(B_base + (start + step) * stride_B_l, mask=t_ok, other=0.0)
+                C_t = tl.load(C_base + (start + step) * stride_C_l, mask=t_ok, other=0.0)
+                B_t = B_t.to(tl.float32)[None, :, None]
+                C_t = C_t.to(tl.float32)[None, :, None]
+                delta_t = _pick(delta3, pick)
+                dy_t = _pick(dy3, pick)
+                h_t = _pick(h_all, pick)
+                if step == 0:
+                    h_prev = h_start
+                else:
+                    h_prev = _pick(h_all, (steps == step - 1)[:, None, None])
+                dh = tl.fma(dy_t, C_t, dh)
+                dBC_at = dBC_base + (start + step) * STATE
+                tl.store(dC_ptr + dBC_at, _group_sums(dy_t * h_t, GROUPS), mask=t_ok[:, None])
+                tl.store(dB_ptr + dBC_at, _group_sums(dh * _pick(du3, pick), GROUPS), mask=t_ok[:, None])
+                decay = tl.exp2(delta_t * A)
+                dlog_decay = dh * h_prev * decay  # dL/d(delta_t·A)
+                dA += dlog_decay * delta_t
+                dbu = tl.sum(dh * B_t, axis=1, keep_dims=True)  # (1, 1, BLOCK_D)
+                ddelta_t = tl.sum(dlog_decay * A, axis=1, keep_dims=True) * LN_2 + dbu * _pick(u3, pick)
+                ddelta3 = tl.where(pick, ddelta_t, ddelta3)
+                dbu3 = tl.where(pick, dbu, dbu3)
+                dh = dh * decay
+
+            ddelta = tl.sum(ddelta3, axis=1) * tl.sigmoid(delta_in)  # dL/d(delta + bias), through softplus
+            ddelta = tl.where(tile_ok, ddelta, 0.0)
+            dbias += tl.sum(ddelta, axis=0)
+            du += tl.sum(dbu3, axis=1) * delta
+            tl.store(du_ptr + grad_base + t[:, None] * dim, du.to(du_ptr.dtype.element_ty), mask=tile_ok)
+            tl.store(ddelta_ptr + grad_base + t[:, None] * dim, ddelta.to(ddelta_ptr.dtype.element_ty),
+                     mask=tile_ok)
+        # The next order reads back dz that this one added, at other steps: possibly another thread's stores.
+        tl.debug_barrier()
+
+    tl.store(dA_ptr + sample * dim * STATE + (channels[None, :] * STATE + states[:, None])[None, :, :], dA,
+             mask=state_channel_ok)
+    tl.store(dD_ptr + sample * dim + channels, dD, mask=channel_ok)
+    tl.store(dbias_ptr + sample * dim + channels, dbias, mask=channel_ok)
 
 
 def _conv_block_d(dim: int) -> int:
@@ -293,65 +481,81 @@ def order_conv_silu(x, weight, bias, orders, restore):
     return _OrderConvFunction.apply(x, weight, bias, orders, restore)
 
 
-def _by_order(tokens: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
-    """(N, T, C) -> (N·K, L, C): the tokens in each order, a gathered copy."""
-    k, length = orders.shape
-    return tokens[:, orders.flatten()].view(tokens.shape[0] * k, length, tokens.shape[2])
-
-
 class _OrderScanMergeFunction(torch.autograd.Function):
-    """Kernel B forward; backward by the unfused Triton scan on gathered copies (module docstring)."""
+    """Kernel B: forward (with checkpoints when autograd records the call) and fused backward."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, orders, restore):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, orders, checkpoint):
         batch, num_tokens, dim = z.shape
         k, length = orders.shape
         state = A.shape[1]
-        tile = default_config(dim)  # the unfused forward kernel's tile: one channel per thread, 8-step chunks
+        # The backward's tile; the forward runs chunk x subchunks steps per chunk (8 by default, the
+        # inference tile's chunk too) and then checkpoints the state before each of its chunks.
+        tile = default_config(dim, DEFAULT_CHUNK_BACKWARD)
+        chunk = tile["chunk"] * tile["subchunks"]
+        checkpoints = None
+        if checkpoint:
+            checkpoints = torch.empty(batch * k, triton.cdiv(length, chunk), state, dim, dtype=torch.float32,
+                                      device=u.device)
         # float32 whatever u's dtype: the K orders' outputs are summed in it, rounded once at the end.
         merged = torch.empty(batch, num_tokens, dim, dtype=torch.float32, device=u.device)
         if merged.numel():
             _scan_merge_kernel[(batch, triton.cdiv(dim, tile["block_d"]))](
-                u, delta, A, B, C, D, z, delta_bias, orders, merged, k, length, dim,
+                u, delta, A, B, C, D, z, delta_bias, orders, merged, checkpoints if checkpoint else merged,
+                k, length, dim,
                 *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z.stride(),
                 STATE=state, STATE_BLOCK=triton.next_power_of_2(state), BLOCK_D=tile["block_d"],
-                CHUNK=tile["chunk"], num_warps=tile["num_warps"],
+                CHUNK=chunk, CHECKPOINT=checkpoint, num_warps=tile["num_warps"],
             )
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, orders, restore)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, orders, checkpoints)
+        ctx.tile = tile
         return merged.to(u.dtype)
 
     @staticmethod
     def backward(ctx, dmerged):
-        u, delta, A, B, C, D, z, delta_bias, orders, restore = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, orders, checkpoints = ctx.saved_tensors
+        tile = ctx.tile
         batch, num_tokens, dim = z.shape
         k, length = orders.shape
-        inputs = (u, delta, A, B, C, D, _by_order(z, orders), delta_bias)
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(True) for t in inputs]
-            u, delta, A, B, C, D, z, delta_bias = leaves
-            # Channel-first views of the token-major tensors: the unfused kernels take any strides.
-            out = selective_scan_triton(u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2),
-                                        C.transpose(1, 2), D, z.transpose(1, 2), delta_bias, True)
-            grads = torch.autograd.grad(out, leaves, _by_order(dmerged, orders).transpose(1, 2))
-        du, ddelta, dA, dB, dC, dD, dz, dbias = grads
-        # Each token's K gradients w.r.t. z, from the steps that read it: restore is the inverse permutation.
-        order_index = torch.arange(k, device=dz.device)[:, None]
-        dz = dz.view(batch, k, length, dim)[:, order_index, restore].sum(dim=1)  # (N, T, Di)
-        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None
+        state = A.shape[1]
+        blocks = triton.cdiv(dim, tile["block_d"])
+        groups = max(1, tile["block_d"] // 32)  # dB, dC partials per warp-sized channel group
+        f32 = {"dtype": torch.float32, "device": u.device}
+        du = torch.empty(batch * k, length, dim, dtype=u.dtype, device=u.device)
+        ddelta = torch.empty(batch * k, length, dim, dtype=delta.dtype, device=u.device)
+        # float32: each token's K gradients are summed in it, rounded once (no copy when z is float32).
+        dz = torch.empty(batch, num_tokens, dim, **f32)
+        dA = torch.zeros(batch, dim, state, **f32)  # zeros: also right when nothing launches
+        dB = torch.empty(batch * k, blocks * groups, length, state, **f32)
+        dC = torch.empty_like(dB)
+        dD = torch.zeros(batch, dim, **f32)
+        dbias = torch.zeros(batch, dim, **f32)
+        if u.numel():
+            _scan_merge_backward_kernel[(batch, blocks)](
+                u, delta, A, B, C, D, z, delta_bias, orders, dmerged, checkpoints,
+                du, ddelta, dz, dA, dB, dC, dD, dbias, k, length, dim,
+                *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z.stride(),
+                *dmerged.stride(),
+                STATE=state, STATE_BLOCK=triton.next_power_of_2(state), BLOCK_D=tile["block_d"],
+                CHUNK=tile["chunk"], SUBCHUNKS=tile["subchunks"], GROUPS=groups, num_warps=tile["num_warps"],
+            )
+        return (du, ddelta, dA.sum(0).to(A.dtype), dB.sum(1).to(B.dtype), dC.sum(1).to(C.dtype),
+                dD.sum(0).to(D.dtype), dz.to(z.dtype), dbias.sum(0).to(delta_bias.dtype), None, None)
 
 
-def order_scan_merge(u, delta, A, B, C, D, z, delta_bias, orders, restore):
+def order_scan_merge(u, delta, A, B, C, D, z, delta_bias, orders):
     """The selective scan (`selective_scan_ref` with D, z, delta_bias, softplus) of K orders, summed back at
     the tokens: (N, T, Di) in u's dtype, differentiable.
 
     u, delta (N·K, L, Di) and B, C (N·K, L, N), token-major, any strides (row n·K + k: order k of sample
     n); A (Di, N); D, delta_bias (Di,); z (N, T, Di) in raster order, any strides; orders (K, L) must be
-    permutations of the T tokens (L = T) and restore (K, T) their inverses.
+    permutations of the T tokens (L = T).
     """
     if orders.shape[1] != z.shape[1]:
         raise ValueError(f"order_scan_merge needs permutations of all {z.shape[1]} tokens, "
                          f"got orders of length {orders.shape[1]}")
-    return _OrderScanMergeFunction.apply(u, delta, A, B, C, D, z, delta_bias, orders, restore)
+    checkpoint = needs_grad(u, delta, A, B, C, D, z, delta_bias)
+    return _OrderScanMergeFunction.apply(u, delta, A, B, C, D, z, delta_bias, orders, checkpoint)
 
 
 # Kept out of torch.compile graphs, as `selective_scan_triton` is.
@@ -366,5 +570,4 @@ def fused_mixer_scan(mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     dt, B, C = mixer.x_proj(u).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
     delta = F.linear(dt, mixer.dt_proj.weight.to(dt.dtype))  # (N·K, L, Di); the bias is added in the scan
     A = -torch.exp(mixer.A_log.float())
-    return order_scan_merge(u, delta, A, B, C, mixer.D.float(), z, mixer.dt_proj.bias.float(), mixer.orders,
-                            mixer.restore)
+    return order_scan_merge(u, delta, A, B, C, mixer.D.float(), z, mixer.dt_proj.bias.float(), mixer.orders)
