@@ -48,9 +48,8 @@ from torch import nn
 from diffma_cli.models.ops.scan_inputs import needs_grad
 from diffma_cli.models.ops.selective_scan_triton import (
     DEFAULT_CHUNK_BACKWARD,
-    LN_2,
     LOG2_E,
-    _group_sums,
+    _adjoint_step,
     _pick,
     _softplus,
     default_config,
@@ -75,6 +74,22 @@ def _tap(x_ptr, orders_ptr, sample, order, steps, channels, channel_ok, length,
 
 
 @triton.jit
+def _conv_pre(x_ptr, orders_ptr, weight_ptr, bias_ptr, sample, order, steps, channels, channel_ok, length,
+              stride_x_b, stride_x_t, stride_x_d, stride_w_d, stride_w_k,
+              WIDTH: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(BLOCK_L, BLOCK_D) float32 tile of the convolution before SiLU: bias + Σ_i w_i · x at step − i."""
+    bias = tl.load(bias_ptr + channels, mask=channel_ok, other=0.0).to(tl.float32)
+    pre = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32) + bias[None, :]
+    for shift in tl.static_range(WIDTH):
+        w = tl.load(weight_ptr + channels * stride_w_d + (WIDTH - 1 - shift) * stride_w_k, mask=channel_ok,
+                    other=0.0).to(tl.float32)
+        x = _tap(x_ptr, orders_ptr, sample, order, steps, channels, channel_ok, length,
+                 stride_x_b, stride_x_t, stride_x_d, shift)
+        pre += w[None, :] * x
+    return pre
+
+
+@triton.jit
 def _conv_forward_kernel(
     x_ptr, orders_ptr, weight_ptr, bias_ptr, out_ptr,
     orders_count, length, dim,
@@ -89,14 +104,9 @@ def _conv_forward_kernel(
     steps = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     channels = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     channel_ok = channels < dim
-    bias = tl.load(bias_ptr + channels, mask=channel_ok, other=0.0).to(tl.float32)
-    pre = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32) + bias[None, :]
-    for shift in tl.static_range(WIDTH):
-        w = tl.load(weight_ptr + channels * stride_w_d + (WIDTH - 1 - shift) * stride_w_k, mask=channel_ok,
-                    other=0.0).to(tl.float32)
-        x = _tap(x_ptr, orders_ptr, sample, order, steps, channels, channel_ok, length,
-                 stride_x_b, stride_x_t, stride_x_d, shift)
-        pre += w[None, :] * x
+    pre = _conv_pre(x_ptr, orders_ptr, weight_ptr, bias_ptr, sample, order, steps, channels, channel_ok,
+                    length, stride_x_b, stride_x_t, stride_x_d, stride_w_d, stride_w_k,
+                    WIDTH, BLOCK_L, BLOCK_D)
     out = pre * tl.sigmoid(pre)
     tile_ok = (steps < length)[:, None] & channel_ok[None, :]
     offsets = (seq * length + steps[:, None]) * dim + channels[None, :]
@@ -121,14 +131,9 @@ def _conv_backward_kernel(
     channels = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     channel_ok = channels < dim
     tile_ok = (steps < length)[:, None] & channel_ok[None, :]
-    bias = tl.load(bias_ptr + channels, mask=channel_ok, other=0.0).to(tl.float32)
-    pre = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32) + bias[None, :]
-    for shift in tl.static_range(WIDTH):
-        w = tl.load(weight_ptr + channels * stride_w_d + (WIDTH - 1 - shift) * stride_w_k, mask=channel_ok,
-                    other=0.0).to(tl.float32)
-        x = _tap(x_ptr, orders_ptr, sample, order, steps, channels, channel_ok, length,
-                 stride_x_b, stride_x_t, stride_x_d, shift)
-        pre += w[None, :] * x
+    pre = _conv_pre(x_ptr, orders_ptr, weight_ptr, bias_ptr, sample, order, steps, channels, channel_ok,
+                    length, stride_x_b, stride_x_t, stride_x_d, stride_w_d, stride_w_k,
+                    WIDTH, BLOCK_L, BLOCK_D)
     dout_offsets = seq * stride_dout_b + steps[:, None] * stride_dout_l + channels[None, :] * stride_dout_d
     dout = tl.load(dout_ptr + dout_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     gate = tl.sigmoid(pre)
@@ -381,27 +386,10 @@ def _scan_merge_backward_kernel(
                 t_ok = state_ok & (start + step < length)
                 B_t = tl.load(B_base + (start + step) * stride_B_l, mask=t_ok, other=0.0)
                 C_t = tl.load(C_base + (start + step) * stride_C_l, mask=t_ok, other=0.0)
-                B_t = B_t.to(tl.float32)[None, :, None]
-                C_t = C_t.to(tl.float32)[None, :, None]
-                delta_t = _pick(delta3, pick)
-                dy_t = _pick(dy3, pick)
-                h_t = _pick(h_all, pick)
-                if step == 0:
-                    h_prev = h_start
-                else:
-                    h_prev = _pick(h_all, (steps == step - 1)[:, None, None])
-                dh = tl.fma(dy_t, C_t, dh)
-                dBC_at = dBC_base + (start + step) * STATE
-                tl.store(dC_ptr + dBC_at, _group_sums(dy_t * h_t, GROUPS), mask=t_ok[:, None])
-                tl.store(dB_ptr + dBC_at, _group_sums(dh * _pick(du3, pick), GROUPS), mask=t_ok[:, None])
-                decay = tl.exp2(delta_t * A)
-                dlog_decay = dh * h_prev * decay  # dL/d(delta_t·A)
-                dA += dlog_decay * delta_t
-                dbu = tl.sum(dh * B_t, axis=1, keep_dims=True)  # (1, 1, BLOCK_D)
-                ddelta_t = tl.sum(dlog_decay * A, axis=1, keep_dims=True) * LN_2 + dbu * _pick(u3, pick)
-                ddelta3 = tl.where(pick, ddelta_t, ddelta3)
-                dbu3 = tl.where(pick, dbu, dbu3)
-                dh = dh * decay
+                dh, dA, ddelta3, dbu3 = _adjoint_step(
+                    step, steps, pick, t_ok, A, B_t.to(tl.float32)[None, :, None],
+                    C_t.to(tl.float32)[None, :, None], delta3, du3, u3, dy3, h_all, h_start, dh, dA, ddelta3,
+                    dbu3, dB_ptr, dC_ptr, dBC_base + (start + step) * STATE, GROUPS)
 
             ddelta = tl.sum(ddelta3, axis=1) * tl.sigmoid(delta_in)  # dL/d(delta + bias), through softplus
             ddelta = tl.where(tile_ok, ddelta, 0.0)

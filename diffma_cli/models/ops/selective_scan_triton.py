@@ -73,6 +73,34 @@ def _group_sums(x, GROUPS: tl.constexpr):
 
 
 @triton.jit
+def _adjoint_step(step: tl.constexpr, steps, pick, t_ok, A, B_t, C_t, delta3, du3, u3, dy3, h_all, h_start,
+                  dh, dA, ddelta3, dbu3, dB_ptr, dC_ptr, dBC_at, GROUPS: tl.constexpr):
+    """Step `step` of a chunk, walked backwards, of the adjoint recurrence dh <- exp(delta·A)·dh + dy·C.
+
+    B_t, C_t: float32 (1, N, 1); the chunk's tiles as (CHUNK, 1 | N, BLOCK_D); h_start the state before the
+    chunk. Stores this step's dB, dC partial sums (per channel group) at dBC_at and returns the carried
+    (dh, dA, ddelta3, dbu3), where ddelta3 is dL/d delta (after softplus) and dbu3 = Σ_N dh·B per step."""
+    delta_t = _pick(delta3, pick)
+    dy_t = _pick(dy3, pick)
+    h_t = _pick(h_all, pick)
+    if step == 0:
+        h_prev = h_start
+    else:
+        h_prev = _pick(h_all, (steps == step - 1)[:, None, None])
+    dh = tl.fma(dy_t, C_t, dh)
+    tl.store(dC_ptr + dBC_at, _group_sums(dy_t * h_t, GROUPS), mask=t_ok[:, None])
+    tl.store(dB_ptr + dBC_at, _group_sums(dh * _pick(du3, pick), GROUPS), mask=t_ok[:, None])
+    decay = tl.exp2(delta_t * A)
+    dlog_decay = dh * h_prev * decay  # dL/d(delta_t·A)
+    dA += dlog_decay * delta_t
+    dbu = tl.sum(dh * B_t, axis=1, keep_dims=True)  # (1, 1, BLOCK_D)
+    ddelta_t = tl.sum(dlog_decay * A, axis=1, keep_dims=True) * LN_2 + dbu * _pick(u3, pick)
+    ddelta3 = tl.where(pick, ddelta_t, ddelta3)
+    dbu3 = tl.where(pick, dbu, dbu3)
+    return dh * decay, dA, ddelta3, dbu3
+
+
+@triton.jit
 def _scan_forward_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, checkpoint_ptr,
     dim, length,
@@ -304,25 +332,9 @@ def _scan_backward_kernel(
             t_ok = state_ok & (start + step < length)
             B_t = tl.load(B_base + (start + step) * STATE, mask=t_ok, other=0.0)[None, :, None]
             C_t = tl.load(C_base + (start + step) * STATE, mask=t_ok, other=0.0)[None, :, None]
-            delta_t = _pick(delta3, pick)
-            dy_t = _pick(dy3, pick)
-            h_t = _pick(h_all, pick)
-            if step == 0:
-                h_prev = h_start
-            else:
-                h_prev = _pick(h_all, (steps == step - 1)[:, None, None])
-            dh = tl.fma(dy_t, C_t, dh)
-            dBC_at = dBC_base + (start + step) * STATE
-            tl.store(dC_ptr + dBC_at, _group_sums(dy_t * h_t, GROUPS), mask=t_ok[:, None])
-            tl.store(dB_ptr + dBC_at, _group_sums(dh * _pick(du3, pick), GROUPS), mask=t_ok[:, None])
-            decay = tl.exp2(delta_t * A)
-            dlog_decay = dh * h_prev * decay  # dL/d(delta_t·A)
-            dA += dlog_decay * delta_t
-            dbu = tl.sum(dh * B_t, axis=1, keep_dims=True)  # (1, 1, BLOCK_D)
-            ddelta_t = tl.sum(dlog_decay * A, axis=1, keep_dims=True) * LN_2 + dbu * _pick(u3, pick)
-            ddelta3 = tl.where(pick, ddelta_t, ddelta3)
-            dbu3 = tl.where(pick, dbu, dbu3)
-            dh = dh * decay
+            dh, dA, ddelta3, dbu3 = _adjoint_step(step, steps, pick, t_ok, A, B_t, C_t, delta3, du3, u3, dy3,
+                                                  h_all, h_start, dh, dA, ddelta3, dbu3, dB_ptr, dC_ptr,
+                                                  dBC_base + (start + step) * STATE, GROUPS)
 
         ddelta = tl.sum(ddelta3, axis=1)  # (CHUNK, BLOCK_D), dL/d delta after softplus
         du += tl.sum(dbu3, axis=1) * delta
