@@ -6,13 +6,11 @@ test_selective_scan_triton.py. The worker runs with deterministic algorithms on,
 every `torch.empty` with NaN: an output element a kernel fails to write shows up as a NaN.
 """
 
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
-from test_selective_scan_triton import _receive, _send
+from test_selective_scan_triton import _receive, _send, interpreter_worker
 
 from diffma_cli.errors import EnvironmentProblem
 from diffma_cli.models import mamba
@@ -98,21 +96,13 @@ SCAN_ARGUMENTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 @pytest.fixture(scope="module")
 def interpreted():
     """ask(request) -> the worker's answer, computed in Triton's interpreter."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    worker = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, env=env)
+    with interpreter_worker(__file__) as raw:
+        def ask(request):
+            answer = raw(request)
+            assert isinstance(answer, dict), answer  # else the worker's error text
+            return answer
 
-    def ask(request):
-        _send(worker.stdin, request)
-        answer = _receive(worker.stdout)
-        if answer is None:
-            raise RuntimeError("the Triton interpreter worker died (see its stderr above)")
-        assert isinstance(answer, dict), answer
-        return answer
-
-    yield ask
-    worker.stdin.close()
-    worker.wait(timeout=60)
+        yield ask
 
 
 def relative_error(out, expected):

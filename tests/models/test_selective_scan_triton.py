@@ -6,6 +6,7 @@ with --worker) that the tests send inputs to; the reference runs here. On a GPU 
 kernel runs in-process on CUDA, and "auto" dispatch is checked there.
 """
 
+import contextlib
 import io
 import os
 import struct
@@ -83,6 +84,28 @@ def _receive(stream):
     return torch.load(io.BytesIO(stream.read(size)), weights_only=False)
 
 
+@contextlib.contextmanager
+def interpreter_worker(script: str):
+    """ask(request) -> the answer of `script --worker` (its `_worker` loop), a subprocess started with
+    TRITON_INTERPRET=1: the flag must be set before triton is imported, and decides for the process."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    worker = subprocess.Popen([sys.executable, script, "--worker"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, env=env)
+
+    def ask(request):
+        _send(worker.stdin, request)
+        answer = _receive(worker.stdout)
+        if answer is None:
+            raise RuntimeError("the Triton interpreter worker died (see its stderr above)")
+        return answer
+
+    try:
+        yield ask
+    finally:
+        worker.stdin.close()
+        worker.wait(timeout=60)
+
+
 def _worker() -> None:
     """Answer each request: {"mixer", ...} with `mixer_gradients(request, "triton")`; {"args", "tile",
     "grad_out"} with the triton backend's output (or an error text).
@@ -130,24 +153,12 @@ def mixer_gradients(request, backend):
 def interpreted():
     """run(args, grad_out=None, **tile) -> the triton backend's output (or output and gradients) computed
     in Triton's interpreter; run.raw(request) sends any request `_worker` answers."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    worker = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, env=env)
+    with interpreter_worker(__file__) as raw:
+        def run(args, grad_out=None, **tile):
+            return raw({"args": args, "tile": tile, "grad_out": grad_out})
 
-    def raw(request):
-        _send(worker.stdin, request)
-        answer = _receive(worker.stdout)
-        if answer is None:
-            raise RuntimeError("the Triton interpreter worker died (see its stderr above)")
-        return answer
-
-    def run(args, grad_out=None, **tile):
-        return raw({"args": args, "tile": tile, "grad_out": grad_out})
-
-    run.raw = raw
-    yield run
-    worker.stdin.close()
-    worker.wait(timeout=60)
+        run.raw = raw
+        yield run
 
 
 def check(run, args, rtol=1e-5, **tile):
