@@ -142,6 +142,10 @@ def main(argv=None) -> int:
     parser.add_argument("--mixer", choices=["auto", "unfused", "fused_triton"], default="auto",
                         help="our Mamba mixers' path: fused_triton reads and merges the orders inside Triton "
                              "kernels (diffma_cli/models/ops/mixer_triton.py)")
+    parser.add_argument("--fused-grid", choices=["auto", "serial", "split"], default="auto",
+                        help="fused_triton: the scan kernel's grid (mixer_triton.SPLIT_ORDERS)")
+    parser.add_argument("--fused-warps", type=int, default=0,
+                        help="fused_triton: warps per scan program, 32 channels each (0: the default tile)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--json", help="write all rows to this file")
@@ -155,10 +159,18 @@ def main(argv=None) -> int:
     from diffma_cli.models.mamba import mixer_backend
     from diffma_cli.models.ops.causal_conv import conv_backend
 
+    mixer = args.mixer
+    if args.mixer == "fused_triton":
+        from diffma_cli.models.ops import mixer_triton
+
+        mixer_triton.SPLIT_ORDERS = args.fused_grid
+        if args.fused_warps:
+            mixer_triton.TILE_OVERRIDE = {"num_warps": args.fused_warps, "block_d": 32 * args.fused_warps}
+        mixer = f"fused_triton (grid {args.fused_grid}, warps {args.fused_warps or 'default'})"
     with conv_backend(args.conv), mixer_backend(args.mixer):
-        rows = run_grid(args, card)
+        rows = run_grid(args, card, mixer)
     header = "| code | model | res | mode | dtype | batch | ms/step | img/s | peak GiB |"
-    print(f"\n{header}   ({card}; conv {args.conv}; mixer {args.mixer})")
+    print(f"\n{header}   ({card}; conv {args.conv}; mixer {mixer})")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['code']} | {r['model']} | {r['resolution']} | {r['mode']} | {r['dtype']} | "
@@ -169,7 +181,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_grid(args, card: str) -> list[dict]:
+def run_grid(args, card: str, mixer: str) -> list[dict]:
     """One row per model, resolution, mode, dtype and batch of the command line."""
     rows = []
     builders = [("ours", lambda name, latent: build_ours(name, latent, args.scan))]
@@ -200,7 +212,7 @@ def run_grid(args, card: str) -> list[dict]:
                             rows.append({"code": code, "model": name, "params_m": round(params, 3),
                                          "resolution": resolution, "mode": mode, "dtype": dtype,
                                          "batch": batch, **result, "card": card, "conv": args.conv,
-                                         "mixer": args.mixer})
+                                         "mixer": mixer})
                             r = rows[-1]
                             print(f"{code:8s} {name:12s} {resolution:4d} {mode:7s} {dtype:4s} b{batch:<3d} "
                                   f"{r['ms']:8.2f} ms {r['img_per_s']:8.0f} img/s {r['peak_gib']:6.2f} GiB",

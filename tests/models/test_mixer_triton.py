@@ -27,11 +27,14 @@ RTOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2}
 
 def _worker() -> None:
     """Answer each request with `fused_gradients`, `conv_gradients` or `scan_gradients` of it, or an error
-    text."""
+    text. request["grid"] (default "auto") sets kernel B's grid, `mixer_triton.SPLIT_ORDERS`."""
+    from diffma_cli.models.ops import mixer_triton
+
     torch.use_deterministic_algorithms(True)
     torch.utils.deterministic.fill_uninitialized_memory = True
     while (request := _receive(sys.stdin.buffer)) is not None:
         try:
+            mixer_triton.SPLIT_ORDERS = request.get("grid", "auto")
             if "conv" in request:
                 answer = conv_gradients(request)
             elif "scan" in request:
@@ -151,16 +154,18 @@ ORDERS = {
 }
 
 
+@pytest.mark.parametrize("grid", ["serial", "split"])
 @pytest.mark.parametrize("case, dtype", [("diffma", torch.float32), ("random", torch.float32),
                                          ("diffma", torch.bfloat16)], ids=["diffma", "random", "diffma-bf16"])
-def test_fused_mixer_matches_the_float64_unfused_mixer(interpreted, case, dtype):
+def test_fused_mixer_matches_the_float64_unfused_mixer(interpreted, case, dtype, grid):
     # The reference runs on the same (for bfloat16: rounded) weights and inputs, in float64.
     orders, d_model, d_state = ORDERS[case]
     config = {"d_model": d_model, "orders": orders, "d_state": d_state}
     mixer, g = random_mixer(config, seed=len(case), dtype=dtype)
     x = torch.randn(2, orders.shape[1], d_model, generator=g).to(dtype)
     grad_out = torch.randn(2, orders.shape[1], d_model, generator=g).to(dtype)
-    answer = interpreted({"mixer": config, "state": mixer.state_dict(), "x": x, "grad_out": grad_out})
+    answer = interpreted({"mixer": config, "state": mixer.state_dict(), "x": x, "grad_out": grad_out,
+                          "grid": grid})
     expected_out, expected_merged, expected_grads = float64_reference(config, mixer.state_dict(), x, grad_out)
     assert_close(answer["out"], expected_out, "out", dtype)
     assert_close(answer["merged"], expected_merged, "merged before out_proj", dtype)
@@ -189,8 +194,9 @@ def test_order_conv_handles_tokens_read_by_several_orders_or_none(interpreted):
         assert_close(grad, leaf.grad, f"d{name}")
 
 
+@pytest.mark.parametrize("grid", ["serial", "split"])
 @pytest.mark.parametrize("orders_count", [1, 3])
-def test_order_scan_merge_gradients_match_float64_autograd(interpreted, orders_count):
+def test_order_scan_merge_gradients_match_float64_autograd(interpreted, orders_count, grid):
     # Kernel B alone against float64 autograd of `selective_scan_ref` per order, summed at the tokens.
     # T = L = 13 (not a multiple of the 4-step chunk or the 8-step checkpoint interval), Di = 40 (one
     # 64-channel block, partly padded, two warp groups of dB, dC partial sums), N = 3 (padded to 4).
@@ -209,7 +215,7 @@ def test_order_scan_merge_gradients_match_float64_autograd(interpreted, orders_c
         "z": rand(batch, length, dim), "delta_bias": rand(dim, scale=0.5),
     }
     grad_out = rand(batch, length, dim)
-    answer = interpreted({"scan": {**inputs, "orders": orders}, "grad_out": grad_out})
+    answer = interpreted({"scan": {**inputs, "orders": orders}, "grad_out": grad_out, "grid": grid})
 
     leaves = {name: t.double().requires_grad_(True) for name, t in inputs.items()}
     expected = torch.zeros(batch, length, dim, dtype=torch.float64)
@@ -286,10 +292,14 @@ def test_unknown_mixer_backend_is_refused():
 # --- GPU ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("grid", ["serial", "split"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_compiled_fused_mixer_matches_the_float64_unfused_mixer_on_cuda(monkeypatch, dtype):
+def test_compiled_fused_mixer_matches_the_float64_unfused_mixer_on_cuda(monkeypatch, dtype, grid):
     # DiffMa-B/2's mixer at 224² (14 x 14 tokens, D 512, N 16): the compiled kernels, forward and backward.
+    from diffma_cli.models.ops import mixer_triton
+
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(mixer_triton, "SPLIT_ORDERS", grid)
     orders = diffma_block_orders(14, 0)
     config = {"d_model": 512, "orders": orders}
     mixer, g = random_mixer(config, seed=13, dtype=dtype)

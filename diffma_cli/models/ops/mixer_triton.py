@@ -59,6 +59,15 @@ from diffma_cli.models.ops.selective_scan_triton import (
 CONV_BLOCK_L = 32
 #: Tokens per program of the convolution's input-gradient kernel.
 CONV_BLOCK_T = 32
+#: Kernel B's grid. "serial": one program per (sample, channel block) walks the K orders in turn and sums
+#: them in place; "split": one program per (sample, channel block, order), each order's output in its own
+#: float32 buffer, summed by the caller (K x the programs, one more pass over K (N, T, Di) buffers);
+#: "auto": split when the serial grid has fewer than SPLIT_BELOW programs (too few warps to hide the
+#: latency of a GPU's ~100 multiprocessors).
+SPLIT_ORDERS = "auto"
+SPLIT_BELOW = 1024
+#: Overrides of kernel B's tile (`default_config` keys: block_d, num_warps, chunk, subchunks), for sweeps.
+TILE_OVERRIDE: dict = {}
 
 
 @triton.jit
@@ -179,6 +188,18 @@ def _conv_input_grad_kernel(
 
 
 @triton.jit
+def _order_range(orders_count, SPLIT: tl.constexpr):
+    """The orders one program of kernel B walks: program_id(2)'s alone with SPLIT, else all K."""
+    if SPLIT:
+        first = tl.program_id(2)
+        count = 1
+    else:
+        first = 0
+        count = orders_count
+    return first, count
+
+
+@triton.jit
 def _scan_merge_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, orders_ptr, out_ptr, checkpoint_ptr,
     orders_count, length, dim,
@@ -189,7 +210,7 @@ def _scan_merge_kernel(
     stride_C_b, stride_C_l, stride_C_n,
     stride_z_b, stride_z_t, stride_z_d,
     STATE: tl.constexpr, STATE_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
-    CHECKPOINT: tl.constexpr,
+    CHECKPOINT: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """One program: sample program_id(0), channels [program_id(1)·BLOCK_D, +BLOCK_D), its K orders in turn.
 
@@ -197,7 +218,9 @@ def _scan_merge_kernel(
     token-major u, delta (N·K, L, Di) and B, C (N·K, L, N); z is read from (N, T, Di) at the tokens the order
     reads, and out (float32 (N, T, Di) contiguous) gets each step's output added at that token. With
     CHECKPOINT, the state before each chunk is also written to checkpoint_ptr, float32
-    (N·K, chunks, N, Di), for `_scan_merge_backward_kernel`.
+    (N·K, chunks, N, Di), for `_scan_merge_backward_kernel`. With SPLIT, program_id(2) picks one order and
+    out is float32 (N·K, T, Di): each order's output at raster positions, summed over K by the caller (3 x
+    the programs, for batches too small to fill the card).
     """
     sample = tl.program_id(0).to(tl.int64)
     channels = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -212,12 +235,13 @@ def _scan_merge_kernel(
     D = tl.load(D_ptr + channels, mask=channel_ok, other=0.0).to(tl.float32)
     bias = tl.load(bias_ptr + channels, mask=channel_ok, other=0.0).to(tl.float32)
     z_base = z_ptr + sample * stride_z_b + channels[None, :] * stride_z_d
-    out_base = out_ptr + sample * length * dim + channels[None, :]
     checkpoint_offsets = (states[:, None] * dim + channels[None, :])[None, :, :]  # (1, STATE_BLOCK, BLOCK_D)
     checkpoint_ok = (state_ok[:, None] & channel_ok[None, :])[None, :, :]
+    first, count = _order_range(orders_count, SPLIT)
 
-    for order in range(orders_count):
+    for order in range(first, first + count):
         seq = sample * orders_count + order
+        out_base = out_ptr + (seq if SPLIT else sample) * length * dim + channels[None, :]
         u_base = u_ptr + seq * stride_u_b + channels[None, :] * stride_u_d
         delta_base = delta_ptr + seq * stride_delta_b + channels[None, :] * stride_delta_d
         B_base = B_ptr + seq * stride_B_b + states * stride_B_n
@@ -249,7 +273,7 @@ def _scan_merge_kernel(
             tokens = tl.load(orders_ptr + order * length + t, mask=step_ok, other=0).to(tl.int64)[:, None]
             z = tl.load(z_base + tokens * stride_z_t, mask=tile_ok, other=0.0).to(tl.float32)
             y = y * (z * tl.sigmoid(z))
-            earlier = tl.load(out_base + tokens * dim, mask=tile_ok & (order > 0), other=0.0)
+            earlier = tl.load(out_base + tokens * dim, mask=tile_ok & (order > first), other=0.0)
             tl.store(out_base + tokens * dim, earlier + y, mask=tile_ok)
         # The next order reads back what this one added, at other steps: possibly another thread's stores.
         tl.debug_barrier()
@@ -268,7 +292,7 @@ def _scan_merge_backward_kernel(
     stride_z_b, stride_z_t, stride_z_d,
     stride_dout_b, stride_dout_t, stride_dout_d,
     STATE: tl.constexpr, STATE_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
-    SUBCHUNKS: tl.constexpr, GROUPS: tl.constexpr,
+    SUBCHUNKS: tl.constexpr, GROUPS: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """Gradients of one (sample, channel block): its K orders in turn, each walked from last chunk to first.
 
@@ -279,7 +303,8 @@ def _scan_merge_backward_kernel(
     stores, the later ones read back and add (a barrier between orders, as in the forward), so every token
     sums its K orders' gradients without atomics. Outputs: du, d delta (N·K, L, Di) contiguous in their
     inputs' dtypes; float32 partial sums, reduced by the caller: dA (N, Di, N), dB, dC (N·K, channel
-    groups of BLOCK_D / GROUPS, L, N), dD, d delta_bias (N, Di).
+    groups of BLOCK_D / GROUPS, L, N), dD, d delta_bias (N, Di). With SPLIT (as in the forward),
+    program_id(2) picks one order, and dz, dA, dD, d delta_bias get a row per (sample, order): (N·K, ...).
     """
     sample = tl.program_id(0).to(tl.int64)
     block = tl.program_id(1)
@@ -301,13 +326,15 @@ def _scan_merge_backward_kernel(
     bias = tl.load(bias_ptr + channels, mask=channel_ok, other=0.0).to(tl.float32)
     z_base = z_ptr + sample * stride_z_b + channels[None, :] * stride_z_d
     dout_base = dout_ptr + sample * stride_dout_b + channels[None, :] * stride_dout_d
-    dz_base = dz_ptr + sample * length * dim + channels[None, :]
     groups = tl.arange(0, GROUPS)
+    first, count = _order_range(orders_count, SPLIT)
+    row = sample * orders_count + first if SPLIT else sample  # of dz, dA, dD, d delta_bias
+    dz_base = dz_ptr + row * length * dim + channels[None, :]
 
     dA = tl.zeros([1, STATE_BLOCK, BLOCK_D], dtype=tl.float32)
     dD = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for order in range(orders_count):
+    for order in range(first, first + count):
         seq = sample * orders_count + order
         u_base = u_ptr + seq * stride_u_b + channels[None, :] * stride_u_d
         delta_base = delta_ptr + seq * stride_delta_b + channels[None, :] * stride_delta_d
@@ -370,7 +397,7 @@ def _scan_merge_backward_kernel(
             gate = tl.sigmoid(z)
             pre = tl.sum(y3, axis=1) + u * D[None, :]
             dz = dout * pre * gate * (1.0 + z * (1.0 - gate))
-            earlier = tl.load(dz_base + tokens * dim, mask=tile_ok & (order > 0), other=0.0)
+            earlier = tl.load(dz_base + tokens * dim, mask=tile_ok & (order > first), other=0.0)
             tl.store(dz_base + tokens * dim, earlier + dz, mask=tile_ok)
             dy = dout * z * gate
             du = dy * D[None, :]
@@ -401,10 +428,10 @@ def _scan_merge_backward_kernel(
         # The next order reads back dz that this one added, at other steps: possibly another thread's stores.
         tl.debug_barrier()
 
-    tl.store(dA_ptr + sample * dim * STATE + (channels[None, :] * STATE + states[:, None])[None, :, :], dA,
+    tl.store(dA_ptr + row * dim * STATE + (channels[None, :] * STATE + states[:, None])[None, :, :], dA,
              mask=state_channel_ok)
-    tl.store(dD_ptr + sample * dim + channels, dD, mask=channel_ok)
-    tl.store(dbias_ptr + sample * dim + channels, dbias, mask=channel_ok)
+    tl.store(dD_ptr + row * dim + channels, dD, mask=channel_ok)
+    tl.store(dbias_ptr + row * dim + channels, dbias, mask=channel_ok)
 
 
 def _conv_block_d(dim: int) -> int:
@@ -469,6 +496,12 @@ def order_conv_silu(x, weight, bias, orders, restore):
     return _OrderConvFunction.apply(x, weight, bias, orders, restore)
 
 
+def _split_orders(programs: int) -> bool:
+    if SPLIT_ORDERS not in ("auto", "serial", "split"):
+        raise ValueError(f"SPLIT_ORDERS must be auto, serial or split, not {SPLIT_ORDERS!r}")
+    return SPLIT_ORDERS == "split" or (SPLIT_ORDERS == "auto" and programs < SPLIT_BELOW)
+
+
 class _OrderScanMergeFunction(torch.autograd.Function):
     """Kernel B: forward (with checkpoints when autograd records the call) and fused backward."""
 
@@ -479,30 +512,35 @@ class _OrderScanMergeFunction(torch.autograd.Function):
         state = A.shape[1]
         # The backward's tile; the forward runs chunk x subchunks steps per chunk (8 by default, the
         # inference tile's chunk too) and then checkpoints the state before each of its chunks.
-        tile = default_config(dim, DEFAULT_CHUNK_BACKWARD)
+        tile = {**default_config(dim, DEFAULT_CHUNK_BACKWARD), **TILE_OVERRIDE}
+        blocks = triton.cdiv(dim, tile["block_d"])
+        split = _split_orders(batch * blocks)
         chunk = tile["chunk"] * tile["subchunks"]
         checkpoints = None
         if checkpoint:
             checkpoints = torch.empty(batch * k, triton.cdiv(length, chunk), state, dim, dtype=torch.float32,
                                       device=u.device)
         # float32 whatever u's dtype: the K orders' outputs are summed in it, rounded once at the end.
-        merged = torch.empty(batch, num_tokens, dim, dtype=torch.float32, device=u.device)
+        merged = torch.empty(batch * k if split else batch, num_tokens, dim, dtype=torch.float32,
+                             device=u.device)
         if merged.numel():
-            _scan_merge_kernel[(batch, triton.cdiv(dim, tile["block_d"]))](
+            _scan_merge_kernel[(batch, blocks, k if split else 1)](
                 u, delta, A, B, C, D, z, delta_bias, orders, merged, checkpoints if checkpoint else merged,
                 k, length, dim,
                 *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z.stride(),
                 STATE=state, STATE_BLOCK=triton.next_power_of_2(state), BLOCK_D=tile["block_d"],
-                CHUNK=chunk, CHECKPOINT=checkpoint, num_warps=tile["num_warps"],
+                CHUNK=chunk, CHECKPOINT=checkpoint, SPLIT=split, num_warps=tile["num_warps"],
             )
+        if split:
+            merged = merged.view(batch, k, num_tokens, dim).sum(1)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, orders, checkpoints)
-        ctx.tile = tile
+        ctx.tile, ctx.split = tile, split
         return merged.to(u.dtype)
 
     @staticmethod
     def backward(ctx, dmerged):
         u, delta, A, B, C, D, z, delta_bias, orders, checkpoints = ctx.saved_tensors
-        tile = ctx.tile
+        tile, split = ctx.tile, ctx.split
         batch, num_tokens, dim = z.shape
         k, length = orders.shape
         state = A.shape[1]
@@ -512,21 +550,25 @@ class _OrderScanMergeFunction(torch.autograd.Function):
         du = torch.empty(batch * k, length, dim, dtype=u.dtype, device=u.device)
         ddelta = torch.empty(batch * k, length, dim, dtype=delta.dtype, device=u.device)
         # float32: each token's K gradients are summed in it, rounded once (no copy when z is float32).
-        dz = torch.empty(batch, num_tokens, dim, **f32)
-        dA = torch.zeros(batch, dim, state, **f32)  # zeros: also right when nothing launches
+        rows = batch * k if split else batch  # of dz, dA, dD, d delta_bias: per order when split
+        dz = torch.empty(rows, num_tokens, dim, **f32)
+        dA = torch.zeros(rows, dim, state, **f32)  # zeros: also right when nothing launches
         dB = torch.empty(batch * k, blocks * groups, length, state, **f32)
         dC = torch.empty_like(dB)
-        dD = torch.zeros(batch, dim, **f32)
-        dbias = torch.zeros(batch, dim, **f32)
+        dD = torch.zeros(rows, dim, **f32)
+        dbias = torch.zeros(rows, dim, **f32)
         if u.numel():
-            _scan_merge_backward_kernel[(batch, blocks)](
+            _scan_merge_backward_kernel[(batch, blocks, k if split else 1)](
                 u, delta, A, B, C, D, z, delta_bias, orders, dmerged, checkpoints,
                 du, ddelta, dz, dA, dB, dC, dD, dbias, k, length, dim,
                 *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z.stride(),
                 *dmerged.stride(),
                 STATE=state, STATE_BLOCK=triton.next_power_of_2(state), BLOCK_D=tile["block_d"],
-                CHUNK=tile["chunk"], SUBCHUNKS=tile["subchunks"], GROUPS=groups, num_warps=tile["num_warps"],
+                CHUNK=tile["chunk"], SUBCHUNKS=tile["subchunks"], GROUPS=groups, SPLIT=split,
+                num_warps=tile["num_warps"],
             )
+        if split:
+            dz = dz.view(batch, k, num_tokens, dim).sum(1)
         return (du, ddelta, dA.sum(0).to(A.dtype), dB.sum(1).to(B.dtype), dC.sum(1).to(C.dtype),
                 dD.sum(0).to(D.dtype), dz.to(z.dtype), dbias.sum(0).to(delta_bias.dtype), None, None)
 
