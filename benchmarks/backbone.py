@@ -144,8 +144,9 @@ def main(argv=None) -> int:
                              "kernels (diffma_cli/models/ops/mixer_triton.py)")
     parser.add_argument("--fused-grid", choices=["auto", "serial", "split"], default="auto",
                         help="fused_triton: the scan kernel's grid (mixer_triton.SPLIT_ORDERS)")
-    parser.add_argument("--fused-warps", type=int, default=0,
-                        help="fused_triton: warps per scan program, 32 channels each (0: the default tile)")
+    parser.add_argument("--fused-tile", default="",
+                        help="fused_triton: overrides of the scan kernels' tile, e.g. chunk=1,subchunks=8 or "
+                             "num_warps=1,block_d=32 (mixer_triton.TILE_OVERRIDE)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--json", help="write all rows to this file")
@@ -164,9 +165,9 @@ def main(argv=None) -> int:
         from diffma_cli.models.ops import mixer_triton
 
         mixer_triton.SPLIT_ORDERS = args.fused_grid
-        if args.fused_warps:
-            mixer_triton.TILE_OVERRIDE = {"num_warps": args.fused_warps, "block_d": 32 * args.fused_warps}
-        mixer = f"fused_triton (grid {args.fused_grid}, warps {args.fused_warps or 'default'})"
+        mixer_triton.TILE_OVERRIDE = {key: int(value) for key, value in
+                                      (item.split("=") for item in args.fused_tile.split(",") if item)}
+        mixer = f"fused_triton (grid {args.fused_grid}, tile {args.fused_tile or 'default'})"
     with conv_backend(args.conv), mixer_backend(args.mixer):
         rows = run_grid(args, card, mixer)
     header = "| code | model | res | mode | dtype | batch | ms/step | img/s | peak GiB |"
