@@ -2,78 +2,30 @@
 
 The kernel tests run in Triton's CPU interpreter, which executes the kernels as numpy code: it accepts
 constructs the compiler rejects (and the other way round), so without this test a kernel could pass every
-CPU test and fail to build on the first GPU. `triton.compile` with an explicit target lowers a kernel
-through Triton's IR, LLVM, PTX and the bundled ptxas without touching a device. Shapes and tiles are those
-DiffMa-B/2 launches with (Di 1024, N 16, conv width 4) and the production tile defaults.
+CPU test and fail to build on the first GPU. The kernels, their production tiles for DiffMa-B/2's mixer
+and the compile call are benchmarks/triton_registers.py's, which also reports registers and spills.
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
-triton = pytest.importorskip("triton")
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+pytest.importorskip("triton")
 
-from diffma_cli.models.ops import mixer_triton, selective_scan_triton  # noqa: E402
-from diffma_cli.models.ops.selective_scan_triton import (  # noqa: E402
-    DEFAULT_CHUNK,
-    DEFAULT_CHUNK_BACKWARD,
-    default_config,
-)
-
-HOPPER = GPUTarget("cuda", 90, 32)
-#: Pointer arguments that carry the activations' dtype (bf16 in mixed-precision training); the others
-#: (A, D, biases, checkpoints, float32 partial sums) are float32, as the wrappers allocate them.
-ACTIVATIONS = {"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "x_ptr", "out_ptr", "dout_ptr", "du_ptr",
-               "ddelta_ptr", "dx_ptr"}
-TILE = default_config(1024, DEFAULT_CHUNK_BACKWARD)
-FORWARD_TILE = default_config(1024, DEFAULT_CHUNK)
-STATE = {"STATE": 16, "STATE_BLOCK": 16}
-FLAGS = {"HAS_D": True, "HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True}
-CONV = {"WIDTH": 4, "BLOCK_D": mixer_triton._conv_block_d(1024), "BLOCK_L": mixer_triton.CONV_BLOCK_L}
-GROUPS = TILE["block_d"] // 32
-
-KERNELS = {
-    "scan forward": (selective_scan_triton._scan_forward_kernel,
-                     {**STATE, **FLAGS, "BLOCK_D": FORWARD_TILE["block_d"], "CHUNK": FORWARD_TILE["chunk"],
-                      "CHECKPOINT": False}),
-    "scan forward, training": (selective_scan_triton._scan_forward_kernel,
-                               {**STATE, **FLAGS, "BLOCK_D": TILE["block_d"],
-                                "CHUNK": TILE["chunk"] * TILE["subchunks"], "CHECKPOINT": True}),
-    "scan backward": (selective_scan_triton._scan_backward_kernel,
-                      {**STATE, **FLAGS, "BLOCK_D": TILE["block_d"], "CHUNK": TILE["chunk"],
-                       "SUBCHUNKS": TILE["subchunks"], "GROUPS": GROUPS}),
-    "order conv forward": (mixer_triton._conv_forward_kernel, CONV),
-    "order conv backward": (mixer_triton._conv_backward_kernel, CONV),
-    "order conv input gradient": (
-        mixer_triton._conv_input_grad_kernel,
-        {"WIDTH": 4, "BLOCK_D": CONV["BLOCK_D"], "BLOCK_T": mixer_triton.CONV_BLOCK_T}),
-    **{f"order scan merge, {grid}{', training' if checkpoint else ''}": (
-        mixer_triton._scan_merge_kernel,
-        {**STATE, "BLOCK_D": TILE["block_d"], "CHUNK": TILE["chunk"] * TILE["subchunks"],
-         "CHECKPOINT": checkpoint, "SPLIT": grid == "split"})
-       for grid in ("serial", "split") for checkpoint in (False, True)},
-    **{f"order scan merge backward, {grid}": (
-        mixer_triton._scan_merge_backward_kernel,
-        {**STATE, "BLOCK_D": TILE["block_d"], "CHUNK": TILE["chunk"], "SUBCHUNKS": TILE["subchunks"],
-         "GROUPS": GROUPS, "SPLIT": grid == "split"})
-       for grid in ("serial", "split")},
-}
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def signature(kernel, constexprs: dict) -> dict:
-    """Argument types as a launch would bind them: pointers by name, every other runtime argument an
-    int32 (sizes and strides of DiffMa's tensors fit)."""
-    types = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            types[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            types[name] = "*bf16" if name in ACTIVATIONS else "*fp32"
-        else:
-            types[name] = "i32"
-    return types
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("triton_registers", BENCHMARKS / "triton_registers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+registers = load_benchmark()
+KERNELS = registers.kernels()
 
 
 @pytest.fixture(autouse=True)
@@ -86,10 +38,18 @@ def private_cache(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", list(KERNELS))
 def test_kernel_compiles_for_hopper(name):
-    kernel, constexprs = KERNELS[name]
+    kernel, constexprs, num_warps = KERNELS[name]
     assert set(constexprs) == {p.name for p in kernel.params if p.is_constexpr}, "constexprs out of date"
-    num_warps = TILE["num_warps"] if "BLOCK_D" in constexprs else 4
-    compiled = triton.compile(ASTSource(kernel, signature(kernel, constexprs), constexprs), target=HOPPER,
-                              options={"num_warps": num_warps})
+    compiled = registers.compile_for_hopper(kernel, constexprs, num_warps)
     assert compiled.asm["cubin"], f"{name}: no binary"
     assert f".entry {kernel.__name__}" in compiled.asm["ptx"]
+
+
+def test_register_report_reads_ptxas(capsys):
+    # The smallest kernel through the whole report: ptxas ran and its numbers were parsed (a thread has at
+    # most 255 registers on every NVIDIA GPU since Kepler).
+    assert registers.main(["--kernels", "order conv forward"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| order conv forward")]
+    assert len(row) == 1
+    warps, used, stores, loads = (int(cell) for cell in row[0].strip("| ").split(" | ")[1:])
+    assert warps == 4 and 16 <= used <= 255 and stores >= 0 and loads >= 0
