@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -352,7 +353,8 @@ def evaluate_entry(args, folder: Path) -> None:
         return
     say(f"{folder.name}: scoring with the SynthRAD2023 and paper protocols")
     evaluate_cases(pair_folder(folder / PREDICTIONS, args.src, "mr"), modality="mr", protocol="both",
-                   output=folder / METRICS_FILE, overwrite=True, progress=not args.quiet)
+                   output=folder / METRICS_FILE, overwrite=True, progress=not args.quiet,
+                   workers=args.eval_workers)
 
 
 def calibration_keys(cases: list) -> list[str]:
@@ -625,6 +627,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--calibration", default=",".join(CALIBRATION),
                         help=f"calibration rows, a subset of: {', '.join(CALIBRATION)} (the oracle needs "
                              "`diffma synth` data; default: all the data allow)")
+    parser.add_argument("--eval-workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="test cases scored at once, one process each (default: up to 4)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)

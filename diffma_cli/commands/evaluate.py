@@ -31,6 +31,8 @@ def evaluate(
         None, "--percentiles-from", metavar="DATA|RUN", help="Normalise reference MRs with the percentiles "
         "recorded in a prepared data folder (manifest.json) or a run folder (recipe.yaml) instead of the "
         "default 0.5/99.5."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Cases scored at once, each in its own process "
+                                "(a large pelvis scan needs a few GiB per process)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     allow_off_scale: bool = typer.Option(False, "--allow-off-scale", help="Score a prediction whose values "
                                          "inside the mask mostly lie off the modality's scale (a raw MR, a "
@@ -74,7 +76,7 @@ def evaluate(
         pairs = pair_folder(prediction, data_src, modality)
     results = evaluate_cases(pairs, modality=modality, protocol=protocol, output=output, report=report,
                              overwrite=overwrite, allow_off_scale=allow_off_scale,
-                             mr_percentiles=mr_percentiles)
+                             mr_percentiles=mr_percentiles, workers=workers)
     for key, stats in results["summary"].items():
         if key == "paper_pooled":
             shown = ", ".join(f"{name} {value:.4g}" for name, value in stats.items())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -83,17 +84,42 @@ def evaluate_case(paths: CasePaths, *, modality: str = "mr", protocol: str = "bo
     return record
 
 
+def score_in_processes(score, pairs: Sequence[CasePaths], workers: int, done) -> list[dict]:
+    """score(pair) for every pair in `workers` fresh processes, in the order of `pairs`; done() after each.
+
+    "spawn", not fork: the caller may hold CUDA or threads (a training script that scores its rows), which a
+    forked child must not inherit. The first case to fail raises its error here; the cases not yet started
+    are cancelled.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(score, pair) for pair in pairs]
+        try:
+            for future in as_completed(futures):
+                future.result()  # the first failure ends the wait
+                done()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        return [future.result() for future in futures]
+
+
 def evaluate_cases(pairs: Sequence[CasePaths], *, modality: str = "mr", protocol: str = "both",
                    output: str | Path | None = None, report: str | Path | None = None,
                    overwrite: bool = False, progress: bool = True, allow_off_scale: bool = False,
-                   mr_percentiles: tuple[float, float] | None = None) -> dict:
+                   mr_percentiles: tuple[float, float] | None = None, workers: int = 1) -> dict:
     """Score every case and summarise: the content of metrics.json.
 
     First, before any long work: existing outputs are refused unless `overwrite`, and every case is checked
     from its file headers (`check_pairs`). Then each case is scored (tqdm progress bar). `output` is the
     metrics.json to write (with a CSV beside it, `results.write_results`); `report` a folder for montages and
     index.html, written atomically. `mr_percentiles` normalise reference MRs (None: prepare's default; see
-    `scales.recorded_mr_percentiles`) and are recorded in the header.
+    `scales.recorded_mr_percentiles`) and are recorded in the header. `workers` > 1 scores that many cases
+    at once in separate processes (each holds one case's volumes and their float64 SSIM maps, a few GiB
+    for a large pelvis scan); the records keep the order of `pairs` either way.
     """
     from tqdm import tqdm
 
@@ -113,12 +139,21 @@ def evaluate_cases(pairs: Sequence[CasePaths], *, modality: str = "mr", protocol
 
         header["mr_percentiles"] = list(mr_percentiles or MR_PERCENTILES)
 
+    if workers < 1:
+        raise InputError(f"workers must be at least 1, not {workers}")
+
     def run(report_folder: Path | None) -> dict:
+        score = partial(evaluate_case, modality=modality, protocol=protocol, report_folder=report_folder,
+                        allow_off_scale=allow_off_scale, mr_percentiles=mr_percentiles)
         # A context manager, so that an error mid-way ends the bar's line before the message.
-        with tqdm(pairs, desc="eval", unit="case", disable=not progress) as bar:
-            records = [evaluate_case(pair, modality=modality, protocol=protocol, report_folder=report_folder,
-                                     allow_off_scale=allow_off_scale, mr_percentiles=mr_percentiles)
-                       for pair in bar]
+        with tqdm(total=len(pairs), desc="eval", unit="case", disable=not progress) as bar:
+            if workers > 1 and len(pairs) > 1:
+                records = score_in_processes(score, pairs, min(workers, len(pairs)), bar.update)
+            else:
+                records = []
+                for pair in pairs:
+                    records.append(score(pair))
+                    bar.update()
         results = {**header, "cases": records, "summary": summarise(records)}
         if report_folder is not None:
             from diffma_cli.evaluation.report import write_index

@@ -195,3 +195,25 @@ def test_ct_predictions_are_scored_in_hu(tree):
 
 def test_a_csv_name_for_the_json_is_refused(tree):
     assert "CSV" in one_line_error(invoke(tree / "pred", tree / "Task1", "-o", tree / "m.csv"), 2)
+
+
+def test_cases_scored_in_worker_processes_equal_the_serial_scores(tree):
+    serial, parallel = tree / "serial.json", tree / "parallel.json"
+    assert invoke(tree / "pred", tree / "Task1", "-o", serial).exit_code == 0
+    result = invoke(tree / "pred", tree / "Task1", "-o", parallel, "--workers", "2", "--report", tree / "r")
+    assert result.exit_code == 0, result.output
+    expected, got = (json.loads(path.read_text(encoding="utf-8")) for path in (serial, parallel))
+    assert [case["case"] for case in got["cases"]] == ["1BA001", "1BA002"]  # the order of the cases
+    assert got["cases"] == expected["cases"] and got["summary"] == expected["summary"]
+    assert (tree / "r" / "index.html").is_file()
+
+
+def test_a_case_failing_in_a_worker_process_is_one_line(tree):
+    # A prediction in scanner units (off the normalised scale) is refused inside evaluate_case, which runs in
+    # a worker here: the error crosses the process boundary with its message and exit code.
+    mr = sitk.GetArrayFromImage(sitk.ReadImage(str(tree / "Task1" / "brain" / "1BA002" / "mr.nii.gz")))
+    write(mr, tree / "pred" / "1BA002" / "mr.nii.gz")
+    result = invoke(tree / "pred", tree / "Task1", "-o", tree / "m.json", "--workers", "2")
+    line = one_line_error(result, 2)
+    assert "1BA002" in line
+    assert not (tree / "m.json").exists()
