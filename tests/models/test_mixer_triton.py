@@ -120,9 +120,12 @@ def assert_close(out, expected, name, dtype=torch.float32):
 
 
 def random_mixer(config, seed, dtype=torch.float32):
-    """A mixer with every parameter moved away from its zero/one initialisation."""
+    """A mixer with every parameter moved away from its zero/one initialisation; the same for the same seed
+    whatever ran before (the module's own initialisation draws from the global generator)."""
     g = torch.Generator().manual_seed(seed)
-    mixer = MultiOrderMamba(**config)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        mixer = MultiOrderMamba(**config)
     with torch.no_grad():
         for parameter in mixer.parameters():
             parameter.add_(0.2 * torch.randn(parameter.shape, generator=g))
