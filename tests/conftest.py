@@ -41,6 +41,21 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def seeded_global_generators():
+    """Each test starts from the same global random state, whatever ran before it in the same process (a
+    module's own initialisation draws from torch's global generator: unseeded, a test's weights, and so its
+    numerical error, depended on the order of the tests and on how pytest-xdist shared them out)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def small_brain_data(tmp_path_factory):
     """Factory: `make(name, cases, fractions, seed=0)` writes `cases` small synthetic brain cases
