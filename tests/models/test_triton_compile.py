@@ -2,8 +2,9 @@
 
 The kernel tests run in Triton's CPU interpreter, which executes the kernels as numpy code: it accepts
 constructs the compiler rejects (and the other way round), so without this test a kernel could pass every
-CPU test and fail to build on the first GPU. The kernels, their production tiles for DiffMa-B/2's mixer
-and the compile call are benchmarks/triton_registers.py's, which also reports registers and spills.
+CPU test and fail to build on the first GPU. Each kernel is compiled as a DiffMa-B/2 training step
+launches it: benchmarks/triton_registers.py records the launches of the real wrappers on CPU tensors and
+specialises their arguments as Triton's JIT does (the same script reports registers and spills).
 """
 
 import importlib.util
@@ -25,7 +26,6 @@ def load_benchmark():
 
 
 registers = load_benchmark()
-KERNELS = registers.kernels()
 
 
 @pytest.fixture(autouse=True)
@@ -36,20 +36,35 @@ def private_cache(tmp_path, monkeypatch):
         pytest.skip("Triton's interpreter is on in this process; it compiles nothing")
 
 
-@pytest.mark.parametrize("name", list(KERNELS))
-def test_kernel_compiles_for_hopper(name):
-    kernel, constexprs, num_warps = KERNELS[name]
-    assert set(constexprs) == {p.name for p in kernel.params if p.is_constexpr}, "constexprs out of date"
-    compiled = registers.compile_for_hopper(kernel, constexprs, num_warps)
+@pytest.fixture(scope="module", params=["serial", "split"])
+def launches(request):
+    """Every kernel's launch in a DiffMa-B/2 training step (batch 2), recorded on the CPU, per grid."""
+    return registers.launches(grid=request.param, batch=2)
+
+
+def test_a_training_step_launches_every_kernel(launches):
+    assert set(launches) == set(registers.KERNEL_NAMES)
+
+
+@pytest.mark.parametrize("name", list(registers.KERNEL_NAMES))
+def test_kernel_compiles_for_hopper_as_launched(launches, name):
+    kernel, args, kwargs = launches[name]
+    # The wrapper passes every argument the kernel declares, no more (a launch would fail otherwise).
+    passed = set(kernel.arg_names[:len(args)]) | {key for key in kwargs if key in kernel.arg_names}
+    assert passed == set(kernel.arg_names) and len(args) <= len(kernel.arg_names)
+    source, num_warps = registers.specialised_source(kernel, args, kwargs)
+    compiled = registers.compile_for_hopper(source, num_warps)
     assert compiled.asm["cubin"], f"{name}: no binary"
     assert f".entry {kernel.__name__}" in compiled.asm["ptx"]
 
 
 def test_register_report_reads_ptxas(capsys):
-    # The smallest kernel through the whole report: ptxas ran and its numbers were parsed (a thread has at
-    # most 255 registers on every NVIDIA GPU since Kepler).
-    assert registers.main(["--kernels", "order conv forward"]) == 0
-    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| order conv forward")]
-    assert len(row) == 1
-    warps, used, stores, loads = (int(cell) for cell in row[0].strip("| ").split(" | ")[1:])
-    assert warps == 4 and 16 <= used <= 255 and stores >= 0 and loads >= 0
+    # The whole report: ptxas ran for every kernel and its numbers were parsed (a thread has at most 255
+    # registers on every NVIDIA GPU since Kepler).
+    assert registers.main(["--batch", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and not line.startswith("| kernel")]
+    assert len(rows) == len(registers.KERNEL_NAMES)
+    for row in rows:
+        warps, used, stores, loads = (int(cell) for cell in row.strip("| ").split(" | ")[1:])
+        assert warps in (1, 2, 4, 8) and 16 <= used <= 255 and stores >= 0 and loads >= 0
