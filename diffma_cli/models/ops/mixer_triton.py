@@ -52,6 +52,7 @@ from diffma_cli.models.ops.selective_scan_triton import (
     _adjoint_step,
     _pick,
     _softplus,
+    _state_before_chunk,
     default_config,
 )
 
@@ -361,23 +362,10 @@ def _scan_merge_backward_kernel(
             du3 = (delta * u)[:, None, :]
             u3 = u[:, None, :]
 
-            # The state before the chunk: its segment's checkpoint, advanced through the segment's earlier
-            # chunks (all complete: they precede this one).
-            h_start = tl.load(checkpoint_base + (start // SEGMENT) * STATE * dim + checkpoint_offsets,
-                              mask=state_channel_ok, other=0.0)
-            for prior in range((start // SEGMENT) * SEGMENT, start, CHUNK):
-                t_prior = (prior + steps)[:, None]
-                prior_ok = (t_prior < length) & channel_ok[None, :]
-                u_prior = tl.load(u_base + t_prior * stride_u_l, mask=prior_ok, other=0.0).to(tl.float32)
-                delta_prior = tl.load(delta_base + t_prior * stride_delta_l, mask=prior_ok, other=0.0)
-                delta_prior = _softplus(delta_prior.to(tl.float32) + bias[None, :])
-                delta_prior3 = delta_prior[:, None, :]
-                du_prior3 = (delta_prior * u_prior)[:, None, :]
-                for step in tl.static_range(CHUNK):
-                    pick = (steps == step)[:, None, None]
-                    B_t = tl.load(B_base + (prior + step) * stride_B_l, mask=state_ok, other=0.0)
-                    h_start = tl.fma(tl.exp2(_pick(delta_prior3, pick) * A), h_start,
-                                     _pick(du_prior3, pick) * B_t.to(tl.float32)[None, :, None])
+            h_start = _state_before_chunk(
+                checkpoint_base + (start // SEGMENT) * STATE * dim + checkpoint_offsets, start, u_base,
+                delta_base, B_base, stride_u_l, stride_delta_l, stride_B_l, steps, channel_ok, state_ok,
+                state_channel_ok, A, bias, length, SEGMENT, CHUNK, True, True)
 
             # Recompute the chunk's states h_t (CHUNK, N, BLOCK_D) and, for dz, its read-out y_t.
             h = h_start

@@ -101,6 +101,36 @@ def _adjoint_step(step: tl.constexpr, steps, pick, t_ok, A, B_t, C_t, delta3, du
 
 
 @triton.jit
+def _state_before_chunk(checkpoint_at, start, u_base, delta_base, B_base, stride_u_l, stride_delta_l,
+                        stride_B_l, steps, channel_ok, state_ok, state_channel_ok, A, bias, length,
+                        SEGMENT: tl.constexpr, CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr,
+                        SOFTPLUS: tl.constexpr):
+    """The state h before the chunk at step `start`, (1, N, BLOCK_D) float32: its segment's checkpoint
+    (checkpoint_at: the segment's first state, as (1, N, BLOCK_D) pointers), advanced through the segment's
+    earlier chunks (all complete: they precede this one). u, delta are read at u_base/delta_base + step ·
+    stride (token-major tiles), B at B_base + step · stride_B_l (N values a step, any float dtype)."""
+    h = tl.load(checkpoint_at, mask=state_channel_ok, other=0.0)
+    for prior in range((start // SEGMENT) * SEGMENT, start, CHUNK):
+        t_prior = (prior + steps)[:, None]
+        prior_ok = (t_prior < length) & channel_ok[None, :]
+        u_prior = tl.load(u_base + t_prior * stride_u_l, mask=prior_ok, other=0.0).to(tl.float32)
+        delta_prior = tl.load(delta_base + t_prior * stride_delta_l, mask=prior_ok, other=0.0)
+        delta_prior = delta_prior.to(tl.float32)
+        if HAS_BIAS:
+            delta_prior = delta_prior + bias[None, :]
+        if SOFTPLUS:
+            delta_prior = _softplus(delta_prior)
+        delta_prior3 = delta_prior[:, None, :]
+        du_prior3 = (delta_prior * u_prior)[:, None, :]
+        for step in tl.static_range(CHUNK):
+            pick = (steps == step)[:, None, None]
+            B_t = tl.load(B_base + (prior + step) * stride_B_l, mask=state_ok, other=0.0)
+            h = tl.fma(tl.exp2(_pick(delta_prior3, pick) * A), h, _pick(du_prior3, pick) *
+                       B_t.to(tl.float32)[None, :, None])
+    return h
+
+
+@triton.jit
 def _scan_forward_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, checkpoint_ptr,
     dim, length,
@@ -270,27 +300,10 @@ def _scan_backward_kernel(
         du3 = (delta * u)[:, None, :]
         u3 = u[:, None, :]
 
-        # The state before the chunk: its segment's checkpoint, advanced through the segment's earlier chunks
-        # (all complete: they precede this one).
-        h_start = tl.load(checkpoint_base + (start // SEGMENT) * STATE * dim + checkpoint_offsets,
-                          mask=state_channel_ok, other=0.0)
-        for prior in range((start // SEGMENT) * SEGMENT, start, CHUNK):
-            t_prior = (prior + steps)[:, None]
-            prior_ok = (t_prior < length) & channel_ok[None, :]
-            u_prior = tl.load(u_base + t_prior * stride_u_l, mask=prior_ok, other=0.0).to(tl.float32)
-            delta_prior = tl.load(delta_base + t_prior * stride_delta_l, mask=prior_ok, other=0.0)
-            delta_prior = delta_prior.to(tl.float32)
-            if HAS_BIAS:
-                delta_prior = delta_prior + bias[None, :]
-            if SOFTPLUS:
-                delta_prior = _softplus(delta_prior)
-            delta_prior3 = delta_prior[:, None, :]
-            du_prior3 = (delta_prior * u_prior)[:, None, :]
-            for step in tl.static_range(CHUNK):
-                pick = (steps == step)[:, None, None]
-                B_t = tl.load(B_base + (prior + step) * STATE, mask=state_ok, other=0.0)[None, :, None]
-                h_start = tl.fma(tl.exp2(_pick(delta_prior3, pick) * A), h_start,
-                                 _pick(du_prior3, pick) * B_t)
+        h_start = _state_before_chunk(
+            checkpoint_base + (start // SEGMENT) * STATE * dim + checkpoint_offsets, start, u_base,
+            delta_base, B_base, stride_u_l, stride_delta_l, STATE, steps, channel_ok, state_ok,
+            state_channel_ok, A, bias if HAS_BIAS else 0.0, length, SEGMENT, CHUNK, HAS_BIAS, SOFTPLUS)
 
         # Recompute the chunk's states h_t (CHUNK, N, BLOCK_D) and, for dz, its read-out y_t.
         h = h_start
