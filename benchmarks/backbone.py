@@ -47,6 +47,19 @@ def make_inputs(model, batch: int, latent: int, device):
     return x, t, randn(batch, 512), randn(batch, tokens, hidden), torch.rand(batch, tokens, 1, device=device)
 
 
+def tile_overrides(text: str) -> dict:
+    """argparse type of a scan-tile override, "chunk=1,subchunks=8" -> {"chunk": 1, "subchunks": 8} (the
+    keys of `selective_scan_triton.default_config`); "" -> {}. benchmarks/triton_registers.py uses it too."""
+    overrides = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key not in ("block_d", "chunk", "num_warps", "subchunks") or not value.isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected block_d, chunk, num_warps or subchunks "
+                                             "= a positive integer")
+        overrides[key] = int(value)
+    return overrides
+
+
 def time_steps(step, warmup: int, repeat: int, give_up_ms: float | None = None) -> list[float]:
     """Milliseconds of `repeat` calls of `step` (CUDA events around each), after `warmup` untimed calls.
     With `give_up_ms`, stop after two calls that both took longer (a reference path of seconds per call).
@@ -144,7 +157,7 @@ def main(argv=None) -> int:
                              "kernels (diffma_cli/models/ops/mixer_triton.py)")
     parser.add_argument("--fused-grid", choices=["auto", "serial", "split"], default="auto",
                         help="fused_triton: the scan kernel's grid (mixer_triton.SPLIT_ORDERS)")
-    parser.add_argument("--fused-tile", default="",
+    parser.add_argument("--fused-tile", type=tile_overrides, default={},
                         help="fused_triton: overrides of the scan kernels' tile, e.g. chunk=1,subchunks=8 or "
                              "num_warps=1,block_d=32 (mixer_triton.TILE_OVERRIDE)")
     parser.add_argument("--warmup", type=int, default=5)
@@ -165,9 +178,9 @@ def main(argv=None) -> int:
         from diffma_cli.models.ops import mixer_triton
 
         mixer_triton.SPLIT_ORDERS = args.fused_grid
-        mixer_triton.TILE_OVERRIDE = {key: int(value) for key, value in
-                                      (item.split("=") for item in args.fused_tile.split(",") if item)}
-        mixer = f"fused_triton (grid {args.fused_grid}, tile {args.fused_tile or 'default'})"
+        mixer_triton.TILE_OVERRIDE = args.fused_tile
+        tile = ",".join(f"{key}={value}" for key, value in args.fused_tile.items()) or "default"
+        mixer = f"fused_triton (grid {args.fused_grid}, tile {tile})"
     with conv_backend(args.conv), mixer_backend(args.mixer):
         rows = run_grid(args, card, mixer)
     header = "| code | model | res | mode | dtype | batch | ms/step | img/s | peak GiB |"

@@ -34,6 +34,9 @@ from triton.compiler import ASTSource
 
 from diffma_cli.models.ops import mixer_triton, selective_scan_triton
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from backbone import tile_overrides  # noqa: E402  (benchmarks/backbone.py's --fused-tile format)
+
 HOPPER = GPUTarget("cuda", 90, 32)
 #: DiffMa-B/2's mixer at 224²: d_model 512 (Di = 1024 channels), N = 16 states, 196 tokens in 3 orders.
 D_MODEL, SIDE = 512, 14
@@ -140,13 +143,13 @@ def ptxas_usage(ptx: str) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tile", default="",
+    parser.add_argument("--tile", type=tile_overrides, default={},
                         help="scan tile overrides, e.g. num_warps=8,chunk=2,subchunks=4")
     parser.add_argument("--grid", choices=["auto", "serial", "split"], default="auto",
                         help="the fused scan kernel's grid (mixer_triton.SPLIT_ORDERS)")
     parser.add_argument("--batch", type=int, default=32, help="batch of the launches (the grid's size)")
     args = parser.parse_args(argv)
-    tile = {key: int(value) for key, value in (item.split("=") for item in args.tile.split(",") if item)}
+    tile = args.tile
     print(f"sm_{HOPPER.arch}; DiffMa-B/2 at 224² (Di {2 * D_MODEL}, N 16, {SIDE * SIDE} tokens), batch "
           f"{args.batch}; scan tile overrides {tile or 'none'}; fused grid {args.grid}")
     print("| kernel | warps | registers / thread | spill stores (B) | spill loads (B) |")

@@ -68,3 +68,14 @@ def test_register_report_reads_ptxas(capsys):
     for row in rows:
         warps, used, stores, loads = (int(cell) for cell in row.strip("| ").split(" | ")[1:])
         assert warps in (1, 2, 4, 8) and 16 <= used <= 255 and stores >= 0 and loads >= 0
+
+
+def test_tile_overrides_parse_and_refuse_in_one_line(capsys):
+    assert registers.tile_overrides("num_warps=8,chunk=2,subchunks=4") == {"num_warps": 8, "chunk": 2,
+                                                                          "subchunks": 4}
+    assert registers.tile_overrides("") == {}
+    for bad in ("chunk", "chunks=2", "chunk=-1", "chunk=0", "chunk=two"):
+        with pytest.raises(SystemExit) as exit_info:
+            registers.main(["--tile", bad])
+        assert exit_info.value.code == 2
+        assert "expected block_d, chunk, num_warps or subchunks" in capsys.readouterr().err
