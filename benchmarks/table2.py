@@ -64,6 +64,10 @@ ENTRIES: dict[str, tuple[str, dict]] = {
     # (the loss falls to the last step), so a larger step is the cheapest way to train it further.
     "diffma-latent-tokens-lr3e-4": ("DiffMa-B/2, latent+tokens, AdamW lr 3e-4",
                                     {**_diffma("latent+tokens"), "training.lr": 3e-4}),
+    # The same with the ε loss weighted by min(SNR_t, 5) / SNR_t (Min-SNR-γ, Hang et al. 2023): it takes the
+    # weight off the nearly clean timesteps (the authors report 3.4x faster convergence on ImageNet).
+    "diffma-latent-tokens-min-snr": ("DiffMa-B/2, latent+tokens, Min-SNR-5 loss weighting",
+                                     {**_diffma("latent+tokens"), "diffusion.mse_weighting": "min-snr"}),
     "diffma-latent-no-mask": ("DiffMa-B/2, latent, no soft mask (w = 1)", _diffma("latent", False)),
     "diffma-latent-tokens-no-mask": ("DiffMa-B/2, latent+tokens, no soft mask (w = 1)",
                                      _diffma("latent+tokens", False)),
@@ -164,12 +168,16 @@ def base_recipe(args):
     return recipe
 
 
-def entry_recipe(recipe, key: str, steps: int):
+def entry_recipe(recipe, key: str, steps: int, diffma_model: str | None = None):
+    """The recipe of row `key`; `diffma_model` replaces the DiffMa rows' DiffMa-B/2 (e.g. the demo's
+    DiffMa-S/4 for a table that trains on a CPU), keeping the recipe's model.depth and hidden_size."""
     from diffma_cli.config import apply_overrides
 
     every = min(recipe.training.checkpoint_every, max(1, steps // CHECKPOINTS_PER_RUN))
-    return apply_overrides(recipe, {**ENTRIES[key][1], "training.steps": steps,
-                                    "training.checkpoint_every": every})
+    overrides = dict(ENTRIES[key][1])
+    if diffma_model and overrides.get("model.name") == "DiffMa-B/2":
+        overrides["model.name"] = diffma_model
+    return apply_overrides(recipe, {**overrides, "training.steps": steps, "training.checkpoint_every": every})
 
 
 # ---------------------------------------------------------------- budget
@@ -229,7 +237,7 @@ def probe_speed(args, out: Path, recipe, key: str, embedder: Path) -> float:
 
     folder = out / ".probe" / key
     say(f"{key}: probing training speed over {args.probe_steps} steps")
-    probe = apply_overrides(entry_recipe(recipe, key, args.probe_steps),
+    probe = apply_overrides(entry_recipe(recipe, key, args.probe_steps, args.diffma_model),
                             {"training.log_every": max(1, args.probe_steps // 3)})
     train_diffusion(args.data, folder, probe, embedder, device=args.device, overwrite=True,
                     progress=not args.quiet)
@@ -481,11 +489,14 @@ def row_label(out: Path, key: str) -> str:
     entry, _, samples = key.partition("-mean")
     tta = entry.endswith(TTA_SUFFIX)
     entry = entry.removesuffix(TTA_SUFFIX)
-    label = ENTRIES[entry][0]
-    if not entry.startswith("diffma"):
-        from diffma_cli.config import load_recipe
+    from diffma_cli.config import load_recipe
 
-        label += f", {load_recipe(out / entry / RUN / 'recipe.yaml').model.condition}"
+    label = ENTRIES[entry][0]
+    model = load_recipe(out / entry / RUN / "recipe.yaml").model
+    if entry.startswith("diffma"):  # --diffma-model may have replaced DiffMa-B/2
+        label = label.replace("DiffMa-B/2", model.name)
+    else:
+        label += f", {model.condition}"
     return label + (f", mean of {samples} samples" if samples else "") + (
         ", left-right flip TTA" if tta else "")
 
@@ -598,6 +609,9 @@ def parse_args(argv: list[str] | None):
                         help=f"comma-separated subset of: {', '.join(ENTRIES)} (default: all); none: the "
                              "calibration rows alone")
     parser.add_argument("--recipe", default="brain", help="brain, pelvis, demo or a YAML file")
+    parser.add_argument("--diffma-model", metavar="NAME",
+                        help="the DiffMa rows' model instead of DiffMa-B/2, e.g. DiffMa-S/4 with --recipe "
+                             "demo (its depth and width) for a table on a CPU")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe override for every backbone, e.g. --set training.global_batch_size=32")
     budget = parser.add_mutually_exclusive_group()
@@ -668,7 +682,8 @@ def run(args) -> dict:
     for number, key in enumerate(keys, 1):
         say(f"[{number}/{len(keys)}] {key}: {ENTRIES[key][0]}")
         folder = out / key
-        run_dir = train_entry(args, folder, entry_recipe(recipe, key, plan["steps"]), embedder)
+        entry = entry_recipe(recipe, key, plan["steps"], args.diffma_model)
+        run_dir = train_entry(args, folder, entry, embedder)
         convert_entry(args, folder, [run_dir], cases)
         evaluate_entry(args, folder)
         rows.append(key)

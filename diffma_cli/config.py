@@ -28,6 +28,7 @@ DIRECTIONS = ("ct->mr", "mr->ct")
 PRECISIONS = ("auto", "fp32", "bf16")
 SCANS = ("released", "spiral")
 OBJECTIVES = ("diffusion", "regression")
+MSE_WEIGHTINGS = ("uniform", "min-snr")
 
 
 @dataclass
@@ -138,12 +139,17 @@ class DiffusionConfig:
     trains the same backbone to map the CT latent to the MR latent in one pass (input x = 0, t = 0, MSE on
     the first C output channels): the deterministic predictor users would otherwise pick. It needs a
     condition that gives the backbone the CT latent (`latent` or `latent+tokens`).
+
+    `mse_weighting` "uniform" (released) weights the ε loss of every timestep alike; "min-snr" (ours) by
+    min(SNR_t, `min_snr_gamma`) / SNR_t (Hang et al., ICCV 2023; docs/training.md).
     """
 
     num_timesteps: int = 1000
     noise_schedule: str = "linear"
     learn_sigma: bool = True
     objective: str = "diffusion"
+    mse_weighting: str = "uniform"
+    min_snr_gamma: float = 5.0
 
 
 @dataclass
@@ -190,6 +196,9 @@ class Recipe:
 
         _choice("model.condition", self.model.condition, CONDITIONS)
         _choice("diffusion.objective", self.diffusion.objective, OBJECTIVES)
+        _choice("diffusion.mse_weighting", self.diffusion.mse_weighting, MSE_WEIGHTINGS)
+        _finite_range("diffusion.min_snr_gamma", self.diffusion.min_snr_gamma, low=0.0, low_open=True,
+                      why="it caps the signal-to-noise ratio of the loss weights")
         for prefix, training in (("vae.training", self.vae.training),
                                  ("embedder.training", self.embedder.training),
                                  ("training", self.training)):

@@ -277,3 +277,19 @@ def check_tta_and_ensemble_rows(table2, args, out, capsys):
         table2.run(table2.parse_args([*args, "--ensemble", "diffma-latent+zigma"]))
     with pytest.raises(SystemExit, match="every row must be one of --backbones"):
         table2.run(table2.parse_args([*args, "--tta-of", "zigma"]))
+
+
+def test_diffma_model_replaces_only_the_diffma_rows_model(table2):
+    """--diffma-model: the DiffMa rows train that model with the recipe's depth and width; the baselines and
+    every other override are untouched."""
+    from diffma_cli.config import load_recipe
+
+    recipe = load_recipe("demo")
+    for key in ("diffma-latent-tokens", "diffma-latent-tokens-min-snr", "diffma-regression"):
+        changed = table2.entry_recipe(recipe, key, 7, "DiffMa-S/4")
+        plain = table2.entry_recipe(recipe, key, 7)
+        assert (changed.model.name, plain.model.name) == ("DiffMa-S/4", "DiffMa-B/2")
+        assert changed.model.depth == plain.model.depth == recipe.model.depth
+        assert changed.diffusion == plain.diffusion and changed.training == plain.training
+    assert table2.entry_recipe(recipe, "diffma-latent-tokens-min-snr", 7).diffusion.mse_weighting == "min-snr"
+    assert table2.entry_recipe(recipe, "dit", 7, "DiffMa-S/4").model.name == "DiT-B/2"

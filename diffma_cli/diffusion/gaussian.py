@@ -186,13 +186,17 @@ class GaussianDiffusion:
 
     def training_losses(self, model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                         x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None,
-                        generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                        generator: torch.Generator | None = None,
+                        min_snr_gamma: float | None = None) -> dict[str, torch.Tensor]:
         """The hybrid loss of IDDPM / DiT for one batch.
 
         model_fn(x_t (N, C, H, W), t (N,)) -> (N, 2C, H, W). Returns per-sample (N,) tensors
-        {"loss": mse + vb, "mse": ‖ε − ε̂‖² mean, "vb": VB term}. The VB term sees the predicted ε detached,
-        so it trains only the variance head (IDDPM §3.1). Losses are computed in x_start's dtype even when
-        the network ran under autocast.
+        {"loss": weight · mse + vb, "mse": ‖ε − ε̂‖² mean, "vb": VB term}. The VB term sees the predicted ε
+        detached, so it trains only the variance head (IDDPM §3.1). Losses are computed in x_start's dtype
+        even when the network ran under autocast.
+
+        weight is 1 (the released loss) unless `min_snr_gamma` is given: then min(SNR_t, γ) / SNR_t, the
+        Min-SNR-γ weighting of the ε loss (`mse_weights`).
         """
         if noise is None:
             noise = torch.randn(x_start.shape, generator=generator, device=x_start.device,
@@ -203,4 +207,20 @@ class GaussianDiffusion:
         frozen = torch.cat([eps.detach(), v], dim=1)
         vb = self.vb_terms_bpd(frozen, x_start, x_t, t)
         mse = mean_flat((noise - eps) ** 2)
-        return {"loss": mse + vb, "mse": mse, "vb": vb}
+        weighted = mse if min_snr_gamma is None else self.mse_weights(t, min_snr_gamma).to(mse) * mse
+        return {"loss": weighted + vb, "mse": mse, "vb": vb}
+
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """(N,) float64 signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) of timesteps t."""
+        alphas_cumprod = self.alphas_cumprod.to(t.device)[t]
+        return alphas_cumprod / (1.0 - alphas_cumprod)
+
+    def mse_weights(self, t: torch.Tensor, gamma: float) -> torch.Tensor:
+        """(N,) float64 Min-SNR-γ weights of the ε loss (Hang et al., ICCV 2023): min(SNR_t, γ) / SNR_t.
+
+        Predicting ε, the plain loss weights each timestep's x_0 error by SNR_t, so the nearly clean
+        timesteps, where SNR runs into the thousands, dominate it; capping the weight at γ (5 in the paper)
+        takes that weight away from them. Only timesteps with SNR_t > γ change: with the linear schedule of
+        1 000 steps, t < 130 for γ = 5."""
+        snr = self.snr(t)
+        return torch.clamp(snr, max=gamma) / snr

@@ -370,6 +370,11 @@ def train_diffusion(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, e
         raise InputError(f"diffusion.objective=regression needs the CT latent as an input, but "
                          f"model.condition is {recipe.model.condition}",
                          hint="use model.condition=latent or latent+tokens")
+    min_snr = recipe.diffusion.mse_weighting == "min-snr"
+    if min_snr and recipe.diffusion.objective == "regression":
+        raise InputError("diffusion.mse_weighting=min-snr weights the denoising loss, which "
+                         "diffusion.objective=regression does not train",
+                         hint="use diffusion.mse_weighting=uniform")
     if resume:
         run_folder.prepare_run_folder(run_dir, overwrite=overwrite, resume=True, create=False)
         embedder = _same_embedder(Path(run_dir), embedder)
@@ -391,7 +396,8 @@ def train_diffusion(data_dir: str | Path, run_dir: str | Path, recipe: Recipe, e
         # The released code builds its 1000-step chain by respacing (betas differ by <= 2e-16).
         betas = released_betas() if steps == 1000 else linear_betas(steps)
         task = DiffusionTask(backbone, frozen, GaussianDiffusion(betas), cache, scale,
-                             clip_width=backbone.config["hidden_size"], objective=recipe.diffusion.objective)
+                             clip_width=backbone.config["hidden_size"], objective=recipe.diffusion.objective,
+                             min_snr_gamma=recipe.diffusion.min_snr_gamma if min_snr else None)
         return task.to(where.device)
 
     def info(task: DiffusionTask) -> dict:

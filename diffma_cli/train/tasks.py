@@ -80,9 +80,10 @@ class DiffusionTask:
     find_unused_parameters = False
 
     def __init__(self, backbone: nn.Module, embedder: nn.Module, diffusion, dataset: Dataset, scale: float,
-                 clip_width: int, objective: str = "diffusion"):
+                 clip_width: int, objective: str = "diffusion", min_snr_gamma: float | None = None):
         self.model = backbone
         self.objective = objective
+        self.min_snr_gamma = min_snr_gamma  # None: the released uniform weighting of the ε loss
         self.embedder = embedder
         self.diffusion = diffusion
         self.dataset = dataset
@@ -113,5 +114,6 @@ class DiffusionTask:
         def denoiser(x_t: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
             return model(x_t, steps, y, y2, w, source)  # source: the CT latent (`latent` conditions)
 
-        return self.diffusion.training_losses(denoiser, target, t, noise)["loss"].mean()
+        losses = self.diffusion.training_losses(denoiser, target, t, noise, min_snr_gamma=self.min_snr_gamma)
+        return losses["loss"].mean()
 

@@ -51,6 +51,39 @@ def test_hybrid_loss_matches_released(ref, diffusion):
         torch.testing.assert_close(terms[key], ref[key], rtol=1e-6, atol=1e-6)
 
 
+def test_min_snr_weights_match_diffusers(diffusion):
+    """min(SNR_t, γ) / SNR_t against diffusers' `compute_snr` on its own linear scheduler (the same
+    1e-4 … 0.02 schedule in float32), the recipe that diffusers' training scripts use for ε prediction."""
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+                              beta_schedule="linear")
+    t = torch.tensor([0, 1, 50, 129, 130, 500, 999])
+    snr = compute_snr(scheduler, t).double()
+    # diffusers computes in float32: 1 − ᾱ_0 = 1e-4 keeps about 4 significant digits there.
+    torch.testing.assert_close(diffusion.snr(t), snr, rtol=5e-4, atol=0)
+    expected = torch.minimum(snr, torch.full_like(snr, 5.0)) / snr
+    torch.testing.assert_close(diffusion.mse_weights(t, 5.0), expected, rtol=5e-4, atol=0)
+    # Below SNR 5 (t >= 130 on this schedule) nothing changes; at t = 0 the weight is 5 / SNR_0.
+    assert torch.equal(diffusion.mse_weights(t[4:], 5.0), torch.ones(3, dtype=torch.float64))
+    assert diffusion.mse_weights(t[:1], 5.0).item() < 1e-3
+
+
+def test_min_snr_loss_weights_only_the_mse_term(ref, diffusion):
+    output = ref["model_output"]
+    plain = diffusion.training_losses(lambda x, t: output, ref["x_start"], ref["t"], ref["noise"])
+    weighted = diffusion.training_losses(lambda x, t: output, ref["x_start"], ref["t"], ref["noise"],
+                                         min_snr_gamma=5.0)
+    alphas_cumprod = ref["alphas_cumprod"][ref["t"]]
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    weight = (snr.clamp(max=5.0) / snr).to(plain["mse"])
+    assert not torch.allclose(weight, torch.ones_like(weight))  # the reference batch has clean timesteps
+    torch.testing.assert_close(weighted["mse"], plain["mse"], rtol=0, atol=0)
+    torch.testing.assert_close(weighted["vb"], plain["vb"], rtol=0, atol=0)
+    torch.testing.assert_close(weighted["loss"], weight * plain["mse"] + plain["vb"])
+
+
 def test_vb_term_trains_only_the_variance_head(ref, diffusion):
     out = ref["model_output"].clone().requires_grad_(True)
     terms = diffusion.training_losses(lambda x, t: out, ref["x_start"], ref["t"], ref["noise"])

@@ -70,3 +70,32 @@ def test_regression_objective_is_the_mse_of_one_pass_from_the_ct(tmp_path):
     t, y = torch.zeros(2, dtype=torch.long), torch.zeros(2, 32)
     out = backbone(torch.zeros_like(source), t, y, y2, w, source)
     torch.testing.assert_close(loss, ((out[:, :4] - target) ** 2).mean())
+
+
+def test_min_snr_task_loss_is_the_weighted_hybrid_loss():
+    """diffusion.mse_weighting=min-snr: the task's loss, written out here from the same draws, is
+    mean(min(SNR_t, 5) / SNR_t · ‖ε − ε̂‖² + VB), not the released mean(‖ε − ε̂‖² + VB)."""
+    torch.manual_seed(0)
+    embedder = create_model(EMBEDDER[0], **EMBEDDER[1]).requires_grad_(False)
+    backbone = create_model("DiffMa-S/7", depth=1, hidden_size=32, condition="latent")
+    with torch.no_grad():  # a non-zero output layer, so that the ε error is not that of a zero prediction
+        backbone.final_layer.linear.weight.normal_(0, 0.1)
+    diffusion = GaussianDiffusion(released_betas())
+    batch = {key: value.unsqueeze(0).expand(4, *value.shape) for key, value in FakeLatents(4)[0].items()}
+    seeds = [3, 4, 5, 6]
+    losses = {gamma: DiffusionTask(backbone, embedder, diffusion, FakeLatents(4), 0.18215, clip_width=32,
+                                   min_snr_gamma=gamma).loss(backbone, batch, SampleRandomness(seeds))
+              for gamma in (None, 5.0)}
+    again = SampleRandomness(seeds)  # the task's order of draws: source, target, timestep, noise
+    source = sample_latents(batch["source_mean"], batch["source_std"], 0.18215, again)
+    target = sample_latents(batch["target_mean"], batch["target_std"], 0.18215, again)
+    t, noise = again.randint(1000), again.randn(*target.shape[1:])
+    w, y2 = embedder(source)
+    terms = diffusion.training_losses(lambda x, steps: backbone(x, steps, torch.zeros(4, 32), y2, w, source),
+                                      target, t, noise)
+    alphas_cumprod = diffusion.alphas_cumprod[t]
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    weight = (torch.clamp(snr, max=5.0) / snr).float()
+    assert (weight < 1).any() and (weight == 1).any(), t  # the seeds draw clean and noisy timesteps
+    torch.testing.assert_close(losses[None], (terms["mse"] + terms["vb"]).mean())
+    torch.testing.assert_close(losses[5.0], (weight * terms["mse"] + terms["vb"]).mean())
