@@ -680,9 +680,9 @@ def run(args) -> dict:
         plan = None
     rows = []
     for number, key in enumerate(keys, 1):
-        say(f"[{number}/{len(keys)}] {key}: {ENTRIES[key][0]}")
-        folder = out / key
         entry = entry_recipe(recipe, key, plan["steps"], args.diffma_model)
+        say(f"[{number}/{len(keys)}] {key}: {ENTRIES[key][0].replace('DiffMa-B/2', entry.model.name)}")
+        folder = out / key
         run_dir = train_entry(args, folder, entry, embedder)
         convert_entry(args, folder, [run_dir], cases)
         evaluate_entry(args, folder)
