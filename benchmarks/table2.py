@@ -478,6 +478,12 @@ def table_row(out: Path, key: str) -> dict:
     return row
 
 
+def entry_label(key: str, model_name: str) -> str:
+    """ENTRIES' label of a row trained with `model_name`: a DiffMa row names the model that actually trained
+    (--diffma-model may have replaced DiffMa-B/2)."""
+    return ENTRIES[key][0].replace("DiffMa-B/2", model_name)
+
+
 def row_label(out: Path, key: str) -> str:
     """The row's label: CALIBRATION's, or ENTRIES' (with the condition for a baseline, the sample count for a
     mean-of-K row "<entry>-mean<K>", the mirror image for "<entry>-tta", the members of "ensemble-A+B")."""
@@ -491,11 +497,9 @@ def row_label(out: Path, key: str) -> str:
     entry = entry.removesuffix(TTA_SUFFIX)
     from diffma_cli.config import load_recipe
 
-    label = ENTRIES[entry][0]
     model = load_recipe(out / entry / RUN / "recipe.yaml").model
-    if entry.startswith("diffma"):  # --diffma-model may have replaced DiffMa-B/2
-        label = label.replace("DiffMa-B/2", model.name)
-    else:
+    label = entry_label(entry, model.name)
+    if not entry.startswith("diffma"):
         label += f", {model.condition}"
     return label + (f", mean of {samples} samples" if samples else "") + (
         ", left-right flip TTA" if tta else "")
@@ -681,7 +685,7 @@ def run(args) -> dict:
     rows = []
     for number, key in enumerate(keys, 1):
         entry = entry_recipe(recipe, key, plan["steps"], args.diffma_model)
-        say(f"[{number}/{len(keys)}] {key}: {ENTRIES[key][0].replace('DiffMa-B/2', entry.model.name)}")
+        say(f"[{number}/{len(keys)}] {key}: {entry_label(key, entry.model.name)}")
         folder = out / key
         run_dir = train_entry(args, folder, entry, embedder)
         convert_entry(args, folder, [run_dir], cases)
