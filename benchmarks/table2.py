@@ -662,6 +662,13 @@ def run(args) -> dict:
         raise SystemExit(f"table2: --ensemble {args.ensemble}: every member must be one of --backbones")
     if not set(choose_list(args.tta_of)) <= set(keys):
         raise SystemExit(f"table2: --tta-of {args.tta_of}: every row must be one of --backbones")
+    if args.diffma_model:  # refused now, not after the calibration rows and the first rows have trained
+        from diffma_cli.models import model_names
+
+        diffma_names = [name for name in model_names() if name.startswith("DiffMa-")]
+        if args.diffma_model not in diffma_names:
+            raise SystemExit(f"table2: --diffma-model {args.diffma_model}: not a DiffMa model; choose one of "
+                             f"{', '.join(diffma_names)}")
     cases = test_cases(args.data, args.src)
     recipe = base_recipe(args)
     out = args.out

@@ -4,6 +4,7 @@ number traced back to the files the stages wrote, resuming, and the affine floor
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +278,10 @@ def check_tta_and_ensemble_rows(table2, args, out, capsys):
         table2.run(table2.parse_args([*args, "--ensemble", "diffma-latent+zigma"]))
     with pytest.raises(SystemExit, match="every row must be one of --backbones"):
         table2.run(table2.parse_args([*args, "--tta-of", "zigma"]))
+    for wrong in ("DiT-B/2", "DiffMa-B/3"):  # a baseline, a size that does not exist
+        refusal = f"--diffma-model {re.escape(wrong)}: not a DiffMa model; choose one of .*DiffMa-S/4"
+        with pytest.raises(SystemExit, match=refusal):
+            table2.run(table2.parse_args([*args, "--diffma-model", wrong]))
 
 
 def test_diffma_model_replaces_only_the_diffma_rows_model(table2):
