@@ -40,9 +40,10 @@ for size in 224 512; do
       --overwrite --device "${DEVICE:-auto}"; }
 done
 while [ -n "${WAIT_FOR:-}" ] && [ ! -e "$WAIT_FOR" ]; do sleep 5; done
-# The calibration rows other than the VAE ceiling are made and scored on each patient's own grid, so they come
-# out the same at both sizes; each table keeps them all, so that its paired differences are against its own
-# constant row (scoring is cheap with 8 processes).
+# The calibration rows other than the VAE ceiling are made from the SynthRAD tree alone and scored on each
+# patient's own grid, so they are the same at both sizes: the 512 table starts from copies of the 224 table's
+# (table2 skips a row already made and scored), and each table still holds them all, so that its paired
+# differences are against its own constant row.
 table() {  # table SIZE: the DiffMa row and the calibration rows at one size
   python3 benchmarks/table2.py "$work/data$1" "$work/synthrad/Task1" -o "$work/table$1" --eval-workers 8 \
     --recipe "$(recipe_of "$1")" "${encoders[@]}" --set encoders.vae="$work/vae" \
@@ -50,7 +51,16 @@ table() {  # table SIZE: the DiffMa row and the calibration rows at one size
     --images "$images" --backbones diffma-latent-tokens --sampler dpm --sample-steps "${SAMPLE_STEPS:-20}" \
     --device "${DEVICE:-auto}" --quiet
 }
-for size in 224 512; do step "table $size images=$images"; table "$size" > "$work/logs/table$size.log" 2>&1; done
+for size in 224 512; do
+  if [ "$size" = 512 ]; then
+    for key in constant other-patient affine oracle; do
+      if [ -d "$work/table224/$key" ] && [ ! -e "$work/table512/$key" ]; then
+        mkdir -p "$work/table512" && cp -r "$work/table224/$key" "$work/table512/$key"
+      fi
+    done
+  fi
+  step "table $size images=$images"; table "$size" > "$work/logs/table$size.log" 2>&1
+done
 # With WAIT_ALONE=FILE (another job shared the card while the tables ran): once FILE appears, convert the
 # test volumes again for the seconds per volume alone on the card (the same seeds: the same volumes).
 if [ -n "${WAIT_ALONE:-}" ]; then
