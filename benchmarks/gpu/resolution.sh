@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The pelvis at the paper's 224 x 224 and at 512 x 512 (recipes `pelvis` and `pelvis-512`), behind the
 # resolution rows of docs/quality.md and docs/benchmarks.md: the same synthetic pelvis patients prepared at
-# both sizes; one VAE trained on the 224² slices (it is convolutional, so it runs at either size; its
-# reconstruction ceiling at each size is a row of that size's table); a CT Vision Embedder per size;
+# both sizes; a VAE and a CT Vision Embedder per size, each trained on that size's slices (a VAE trained on
+# 224² slices runs at 512², being convolutional, but reconstructs them far worse: docs/quality.md); each
+# VAE's reconstruction ceiling is a row of its size's table;
 # DiffMa-B/2 (the recipes' latent+tokens) trained on the same number of images at each size and scored by
 # benchmarks/table2.py beside the calibration rows. Last, each size's test volumes are converted again with
 # nothing else on the card if another job shared it (WAIT_ALONE=FILE, below), for the seconds per volume.
@@ -30,13 +31,18 @@ for size in 224 512; do
   [ -d "$work/data$size" ] || { step "prepare $size"; diffma prepare "$work/synthrad/Task1" -o "$work/data$size" \
     --anatomy pelvis --split 0.7,0.1,0.2 --image-size "$size" --workers 16; }
 done
-[ -f "$work/vae/run.json" ] && grep -q '"finished": true' "$work/vae/run.json" || { step vae;
-  diffma train-vae "$work/data224" -o "$work/vae" --recipe pelvis "${encoders[@]}" --steps "${VAE_STEPS:-2000}" \
-    --batch-size 32 --overwrite --device "${DEVICE:-auto}"; }
+# A VAE per size: one trained on 224² slices reconstructs 512² ones far worse. At 512² a batch of 8 slices
+# has about the pixels of 32 at 224² (2.1 M against 1.6 M), so the same steps cost about the same.
+for size in 224 512; do
+  [ -f "$work/vae$size/run.json" ] && grep -q '"finished": true' "$work/vae$size/run.json" || { step "vae $size";
+    diffma train-vae "$work/data$size" -o "$work/vae$size" --recipe "$(recipe_of $size)" "${encoders[@]}" \
+      --steps "${VAE_STEPS:-2000}" --batch-size "$([ "$size" = 224 ] && echo 32 || echo 8)" --overwrite \
+      --device "${DEVICE:-auto}"; }
+done
 for size in 224 512; do
   [ -f "$work/embedder$size/embedder.safetensors" ] || { step "embedder $size";
     diffma train-embedder "$work/data$size" -o "$work/embedder$size" --recipe "$(recipe_of $size)" \
-      "${encoders[@]}" --set encoders.vae="$work/vae" --steps "${EMBEDDER_STEPS:-600}" --batch-size 32 \
+      "${encoders[@]}" --set encoders.vae="$work/vae$size" --steps "${EMBEDDER_STEPS:-600}" --batch-size 32 \
       --overwrite --device "${DEVICE:-auto}"; }
 done
 while [ -n "${WAIT_FOR:-}" ] && [ ! -e "$WAIT_FOR" ]; do sleep 5; done
@@ -46,7 +52,7 @@ while [ -n "${WAIT_FOR:-}" ] && [ ! -e "$WAIT_FOR" ]; do sleep 5; done
 # differences are against its own constant row.
 table() {  # table SIZE: the DiffMa row and the calibration rows at one size
   python3 benchmarks/table2.py "$work/data$1" "$work/synthrad/Task1" -o "$work/table$1" --eval-workers 8 \
-    --recipe "$(recipe_of "$1")" "${encoders[@]}" --set encoders.vae="$work/vae" \
+    --recipe "$(recipe_of "$1")" "${encoders[@]}" --set encoders.vae="$work/vae$1" \
     --set training.global_batch_size=32 --set sampling.batch_size=32 --embedder "$work/embedder$1" \
     --images "$images" --backbones diffma-latent-tokens --sampler dpm --sample-steps "${SAMPLE_STEPS:-20}" \
     --device "${DEVICE:-auto}" --quiet
