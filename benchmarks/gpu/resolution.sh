@@ -38,8 +38,6 @@ for size in 224 512; do
     diffma train-vae "$work/data$size" -o "$work/vae$size" --recipe "$(recipe_of $size)" "${encoders[@]}" \
       --steps "${VAE_STEPS:-2000}" --batch-size "$([ "$size" = 224 ] && echo 32 || echo 8)" --overwrite \
       --device "${DEVICE:-auto}"; }
-done
-for size in 224 512; do
   [ -f "$work/embedder$size/embedder.safetensors" ] || { step "embedder $size";
     diffma train-embedder "$work/data$size" -o "$work/embedder$size" --recipe "$(recipe_of $size)" \
       "${encoders[@]}" --set encoders.vae="$work/vae$size" --steps "${EMBEDDER_STEPS:-600}" --batch-size 32 \
@@ -57,16 +55,12 @@ table() {  # table SIZE: the DiffMa row and the calibration rows at one size
     --images "$images" --backbones diffma-latent-tokens --sampler dpm --sample-steps "${SAMPLE_STEPS:-20}" \
     --device "${DEVICE:-auto}" --quiet
 }
-for size in 224 512; do
-  if [ "$size" = 512 ]; then
-    for key in constant other-patient affine oracle; do
-      if [ -d "$work/table224/$key" ] && [ ! -e "$work/table512/$key" ]; then
-        mkdir -p "$work/table512" && cp -r "$work/table224/$key" "$work/table512/$key"
-      fi
-    done
-  fi
-  step "table $size images=$images"; table "$size" > "$work/logs/table$size.log" 2>&1
+step "table 224 images=$images"; table 224 > "$work/logs/table224.log" 2>&1
+mkdir -p "$work/table512"
+for key in constant other-patient affine oracle; do
+  [ -e "$work/table512/$key" ] || cp -r "$work/table224/$key" "$work/table512/$key"
 done
+step "table 512 images=$images"; table 512 > "$work/logs/table512.log" 2>&1
 # With WAIT_ALONE=FILE (another job shared the card while the tables ran): once FILE appears, convert the
 # test volumes again for the seconds per volume alone on the card (the same seeds: the same volumes).
 if [ -n "${WAIT_ALONE:-}" ]; then
